@@ -1,0 +1,55 @@
+# The two set-up commands are `make demo` and `make test`; every target builds
+# what it needs first (.venv from requirements.txt, collections from the pinned
+# ansible wheel), and a rerun with nothing to do returns at once.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.requirements-installed
+export PATH := $(abspath $(BIN)):$(PATH)
+export ANSIBLE_CONFIG := $(abspath ansible.cfg)
+
+.PHONY: setup collections lint test unit integration molecule demo bench faults clean
+
+setup: $(STAMP) collections/.installed
+
+$(STAMP): requirements.txt python/pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e python
+	touch $@
+
+collections/.installed: $(STAMP) collections/requirements.yml scripts/install_collections.py
+	$(BIN)/python scripts/install_collections.py
+
+collections: collections/.installed
+
+lint: setup
+	$(BIN)/ruff check python scripts bench
+	$(BIN)/yamllint -s .
+	$(BIN)/ansible-lint --offline --profile production
+
+unit: setup
+	$(BIN)/pytest -q python/tests -m "not integration"
+
+integration: setup
+	$(BIN)/pytest -q python/tests -m integration
+
+molecule: setup
+	scripts/molecule-all.sh
+
+test: lint
+	$(BIN)/pytest -q python/tests
+	$(MAKE) --no-print-directory molecule
+
+demo: setup
+	$(BIN)/capital-migrate rehearse --juntas 40 --seed 7
+
+bench: setup
+	$(BIN)/python -m bench.run
+
+faults: setup
+	$(BIN)/pytest -q python/tests -m faults --faults=full
+
+clean:
+	rm -rf $(VENV) .cache collections/ansible_collections collections/.installed
