@@ -1,0 +1,21 @@
+-- 20_backfill.sql -- backfill: ledger, junta columns, shadow tables.
+--
+-- Expects: phase 'expanded' or later (the sync triggers are live, so writes
+--          made by the application from now on are already tracked).
+-- Leaves:  a seq 0 movement for every existing capital-affecting source row,
+--          a shadow row for every legacy loan and payment, the "Junta"
+--          columns recomputed from the ledger, loan_number/capital_at_time
+--          filled; phase 'ledger_complete'.
+-- Locks:   row locks only (FOR SHARE on a batch of source rows, FOR NO KEY
+--          UPDATE on a batch of juntas), one transaction per batch.
+--
+-- capital_backfill_run() calls capital_backfill_step() until it reports
+-- all_done, committing after every batch; progress is kept in
+-- capital_backfill_progress in the same transaction as the batch, so a run
+-- killed at any point resumes exactly where it stopped.
+--
+-- The capital_migrate module does NOT execute this file: files numbered 2x
+-- are run from Python as the same loop (one capital_backfill_step() call per
+-- transaction), so it can time batches, apply statement_timeout and retry a
+-- batch on lock timeouts. Operators using psql get the procedure below.
+CALL capital_backfill_run(:batch_size);

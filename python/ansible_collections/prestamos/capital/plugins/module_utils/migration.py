@@ -1,0 +1,667 @@
+"""The capital-tracking migration runner: plain, typed Python, used by the capital_migrate module and tests.
+
+Why a module_utils file: the module runs on the target host and must ship this code with it; tests and the
+CLI import it directly (``ansible_collections.prestamos.capital.plugins.module_utils.migration``).
+
+The SQL lives in ``files/sql``. ``add_capital_tracking.sql`` is the one source of truth for the order of the
+pieces (its ``\\ir`` lines); the checksum covers that script and the pieces, in order. Inside a piece,
+``BEGIN; ...; COMMIT;`` delimits a transaction the runner executes (and retries) as one unit with
+``SET LOCAL lock_timeout``; a statement outside such a block runs on its own in autocommit (CREATE INDEX
+CONCURRENTLY); ``<query> \\gexec`` runs the query and executes each value it returns, like psql. The file
+name's first digit names the phase: 1x expand, 2x backfill (not executed: the runner drives the same
+``capital_backfill_step()`` loop from Python, one transaction per batch), 3x enforce.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ADVISORY_KEY_SQL = "hashtext('prestamos.capital_tracking')"
+MAIN_SCRIPT = "add_capital_tracking.sql"
+APPLICATION_NAME = "capital-migrate"
+RETRYABLE_SQLSTATES = frozenset({"55P03", "40P01"})  # lock_not_available, deadlock_detected
+_IR_LINE = re.compile(r"^\\ir\s+(\S+)\s*$", re.MULTILINE)
+_DURATION = re.compile(r"^\s*(\d+)\s*(ms|s|min)?\s*$")
+_UNITS_MS = {None: 1, "ms": 1, "s": 1000, "min": 60000}
+
+
+class MigrationError(Exception):
+    """An operator-facing failure: ``msg`` says what and what to do; ``details`` go into the result."""
+
+    def __init__(self, msg: str, **details: Any) -> None:
+        super().__init__(msg)
+        self.msg = msg
+        self.details = details
+
+
+class Interrupted(Exception):
+    """Raised by a test hook to stop a run at a chosen point, like a killed process would."""
+
+
+# -- SQL text ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Statement:
+    """One statement of a piece; ``gexec`` means: run it and execute every value it returns."""
+
+    text: str
+    line: int
+    gexec: bool = False
+
+    @property
+    def bare(self) -> str:
+        """The statement without leading comments or whitespace, for classification and messages."""
+        lines = [ln for ln in self.text.splitlines() if ln.strip() and not ln.strip().startswith("--")]
+        return "\n".join(lines).strip()
+
+
+@dataclass(frozen=True)
+class Unit:
+    """What the runner executes as one attempt: a transaction, or one autocommit statement."""
+
+    file: str
+    index: int
+    kind: str  # "tx" | "auto"
+    statements: tuple[Statement, ...]
+
+    @property
+    def line(self) -> int:
+        return self.statements[0].line
+
+    @property
+    def summary(self) -> str:
+        text = " ".join(s.bare.split("\n")[0] for s in self.statements)
+        return text[:120]
+
+
+def split_statements(text: str) -> list[Statement]:
+    """Split SQL like psql does: on ``;`` outside quotes, comments and dollar quotes; ``\\gexec`` ends one too.
+
+    Other psql meta-commands are refused: the pieces must run the same through psql and through the module.
+    """
+    out: list[Statement] = []
+    buf: list[str] = []
+    start_line = 1
+    line = 1
+    i = 0
+    n = len(text)
+
+    def flush(gexec: bool = False) -> None:
+        nonlocal buf
+        stmt = Statement("".join(buf), start_line, gexec)
+        if stmt.bare:
+            out.append(stmt)
+        buf = []
+
+    while i < n:
+        c = text[i]
+        if not "".join(buf).strip():
+            start_line = line
+        if c == "-" and text.startswith("--", i):
+            j = text.find("\n", i)
+            j = n if j < 0 else j
+            buf.append(text[i:j])
+            i = j
+            continue
+        if c == "/" and text.startswith("/*", i):
+            depth, j = 1, i + 2
+            while j < n and depth:
+                if text.startswith("/*", j):
+                    depth, j = depth + 1, j + 2
+                elif text.startswith("*/", j):
+                    depth, j = depth - 1, j + 2
+                else:
+                    j += 1
+            chunk = text[i:j]
+            buf.append(chunk)
+            line += chunk.count("\n")
+            i = j
+            continue
+        if c in ("'", '"'):
+            j = i + 1
+            while j < n:
+                if text[j] == c:
+                    if j + 1 < n and text[j + 1] == c:
+                        j += 2
+                        continue
+                    break
+                j += 1
+            chunk = text[i : j + 1]
+            buf.append(chunk)
+            line += chunk.count("\n")
+            i = j + 1
+            continue
+        if c == "$":
+            m = re.match(r"\$([A-Za-z_][A-Za-z_0-9]*)?\$", text[i:])
+            if m:
+                tag = m.group(0)
+                j = text.find(tag, i + len(tag))
+                if j < 0:
+                    raise MigrationError(f"unterminated dollar quote {tag} starting at line {line}")
+                chunk = text[i : j + len(tag)]
+                buf.append(chunk)
+                line += chunk.count("\n")
+                i = j + len(tag)
+                continue
+        if c == "\\" and (i == 0 or text[i - 1] == "\n"):
+            j = text.find("\n", i)
+            j = n if j < 0 else j
+            meta = text[i:j].strip()
+            if meta == "\\gexec":
+                flush(gexec=True)
+            else:
+                raise MigrationError(
+                    f"psql meta-command {meta!r} at line {line} is not supported in a piece; "
+                    "only \\gexec is (put other meta-commands in the main script)"
+                )
+            i = j
+            continue
+        if c == ";":
+            buf.append(c)
+            flush()
+            i += 1
+            continue
+        if c == "\n":
+            line += 1
+        buf.append(c)
+        i += 1
+    if "".join(buf).strip():
+        flush()
+    return out
+
+
+def parse_units(name: str, text: str) -> list[Unit]:
+    """Group a piece's statements into units: BEGIN ... COMMIT blocks and lone autocommit statements."""
+    units: list[Unit] = []
+    current: list[Statement] | None = None
+    for stmt in split_statements(text):
+        word = stmt.bare.rstrip(";").strip().upper()
+        if word in ("BEGIN", "START TRANSACTION"):
+            if current is not None:
+                raise MigrationError(f"{name}:{stmt.line}: BEGIN inside a transaction block")
+            current = []
+        elif word in ("COMMIT", "END"):
+            if current is None:
+                raise MigrationError(f"{name}:{stmt.line}: COMMIT without BEGIN")
+            if current:
+                units.append(Unit(name, len(units), "tx", tuple(current)))
+            current = None
+        elif current is not None:
+            if stmt.gexec:
+                raise MigrationError(f"{name}:{stmt.line}: \\gexec inside a transaction block")
+            current.append(stmt)
+        else:
+            units.append(Unit(name, len(units), "auto", (stmt,)))
+    if current is not None:
+        raise MigrationError(f"{name}: BEGIN without COMMIT at the end of the file")
+    return units
+
+
+def parse_order(main_text: str) -> list[str]:
+    """The pieces named by the main script's ``\\ir`` lines, in order."""
+    order = _IR_LINE.findall(main_text)
+    if not order:
+        raise MigrationError(f"{MAIN_SCRIPT} names no piece (no \\ir lines): is it the right file?")
+    return order
+
+
+def sql_checksum(texts_in_order: Iterable[str]) -> str:
+    """sha256 over the texts in order, each followed by a NUL byte (so moving text between files counts)."""
+    digest = hashlib.sha256()
+    for text in texts_in_order:
+        digest.update(text.encode("utf-8"))
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def load_sql_dir(path: str | Path) -> dict[str, str]:
+    """The main script and every piece it includes, read from a directory (tests, CLI)."""
+    root = Path(path)
+    main = (root / MAIN_SCRIPT).read_text(encoding="utf-8")
+    files = {MAIN_SCRIPT: main}
+    for name in parse_order(main):
+        files[name] = (root / name).read_text(encoding="utf-8")
+    return files
+
+
+def phase_of(name: str) -> str:
+    """The phase a piece belongs to, from the first digit of its name."""
+    first = Path(name).name[:1]
+    phases = {"1": "expand", "2": "backfill", "3": "enforce"}
+    if first not in phases:
+        raise MigrationError(f"piece {name!r} must start with 1 (expand), 2 (backfill) or 3 (enforce)")
+    return phases[first]
+
+
+def duration_ms(value: str | int, what: str) -> int:
+    """'2s', '500ms', '1min' or a number of milliseconds -> milliseconds; a clear error otherwise."""
+    m = _DURATION.match(str(value))
+    if not m:
+        raise MigrationError(
+            f"{what} {value!r} is not a duration: use milliseconds or a value like '2s', '500ms'"
+        )
+    return int(m.group(1)) * _UNITS_MS[m.group(2)]
+
+
+# -- state ------------------------------------------------------------------------------------------------
+def migration_state(cursor: Any, sha: str) -> str:
+    """not_applied | partial | applied | drifted (docs/design.md "Migration states"); read-only."""
+    cursor.execute(
+        "SELECT to_regclass('capital_movements') IS NOT NULL, to_regclass('capital_migration_history') IS NOT NULL,"
+        " to_regclass('capital_migration_state') IS NOT NULL"
+    )
+    movements, history, state = cursor.fetchone()
+    if not (movements or history or state):
+        return "not_applied"
+    if history:
+        cursor.execute(
+            "SELECT sql_sha256 FROM capital_migration_history WHERE outcome = 'applied' ORDER BY id DESC LIMIT 1"
+        )
+        row = cursor.fetchone()
+        if row is not None:
+            return "applied" if row[0] == sha else "drifted"
+    return "partial"
+
+
+def _advisory_holder(cursor: Any) -> dict[str, Any]:
+    """Who holds the migration's advisory lock (pg_locks splits the bigint key into classid/objid)."""
+    cursor.execute(
+        f"""SELECT a.pid, a.application_name, host(a.client_addr), a.backend_start::text, a.usename
+              FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+             WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+               AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+               AND ((l.classid::bigint << 32) | l.objid::bigint) = {ADVISORY_KEY_SQL}::bigint"""
+    )
+    row = cursor.fetchone()
+    if row is None:
+        return {}
+    keys = ("pid", "application_name", "client_addr", "backend_start", "user")
+    return dict(zip(keys, row, strict=True))
+
+
+# -- the runner -------------------------------------------------------------------------------------------
+@dataclass
+class Options:
+    """The knobs of a run (module parameters, role defaults)."""
+
+    version: str = "1"
+    lock_timeout: str = "2s"
+    lock_retries: int = 5
+    lock_backoff: float = 0.5
+    lock_backoff_max: float = 30.0
+    batch_size: int = 5000
+    statement_timeout: str = "0"
+    # Test hooks: stop the run (raise Interrupted) after this many backfill batches / after this piece.
+    stop_after_batches: int | None = None
+    stop_after_file: str | None = None
+    after_batch: Callable[[int], None] | None = None
+
+
+@dataclass
+class _PhaseStats:
+    name: str
+    seconds: float = 0.0
+    statements: int = 0
+    attempts: int = 0
+
+
+@dataclass
+class Migrator:
+    """Applies the migration on one connection (autocommit; the runner issues BEGIN/COMMIT itself)."""
+
+    conn: Any
+    sql: Mapping[str, str]
+    options: Options = field(default_factory=Options)
+    order: Sequence[str] | None = None
+
+    def __post_init__(self) -> None:
+        if MAIN_SCRIPT not in self.sql:
+            raise MigrationError(f"sql must contain the main script {MAIN_SCRIPT} (it defines the order)")
+        parsed = parse_order(self.sql[MAIN_SCRIPT])
+        if self.order is not None and list(self.order) != parsed:
+            raise MigrationError(
+                f"order {list(self.order)} differs from the \\ir lines of {MAIN_SCRIPT} {parsed}; "
+                "the main script is the one source of truth: fix or omit order"
+            )
+        missing = [name for name in parsed if name not in self.sql]
+        if missing:
+            raise MigrationError(f"sql lacks the pieces {missing} named by {MAIN_SCRIPT}")
+        self.pieces = parsed
+        self.sha = sql_checksum([self.sql[MAIN_SCRIPT], *(self.sql[name] for name in parsed)])
+        self.units = {name: parse_units(name, self.sql[name]) for name in parsed}
+        for name in parsed:
+            phase_of(name)
+        opts = self.options
+        self.lock_timeout_ms = duration_ms(opts.lock_timeout, "lock_timeout")
+        self.statement_timeout_ms = duration_ms(opts.statement_timeout, "statement_timeout")
+        if opts.batch_size < 1:
+            raise MigrationError(f"batch_size must be at least 1, got {opts.batch_size}")
+        if opts.lock_retries < 0:
+            raise MigrationError(f"lock_retries must be 0 or more, got {opts.lock_retries}")
+        self.cur = self.conn.cursor()
+        self.history_id: int | None = None
+        self.started = time.monotonic()
+        self.phases: dict[str, _PhaseStats] = {}
+        self.statement_log: list[dict[str, Any]] = []
+        self.rows_backfilled: dict[str, int] = {}
+        self.batches = 0
+        self.lock_retries = 0
+
+    # -- helpers ---------------------------------------------------------------------------------------
+    def _phase(self, name: str) -> _PhaseStats:
+        return self.phases.setdefault(name, _PhaseStats(name))
+
+    def _scalar(self, query: str, args: Sequence[Any] = ()) -> Any:
+        self.cur.execute(query, args)
+        row = self.cur.fetchone()
+        return None if row is None else row[0]
+
+    def _rollback_quietly(self) -> None:
+        try:
+            self.cur.execute("ROLLBACK")
+        except Exception:  # noqa: S110 - the connection may be gone; the original error is reported
+            pass
+
+    def _backoff(self, attempt: int) -> float:
+        return float(min(self.options.lock_backoff * (2 ** (attempt - 1)), self.options.lock_backoff_max))
+
+    def _attempt(self, work: Callable[[], Any], where: str) -> tuple[Any, int]:
+        """Run ``work`` (one transaction) and retry it on lock timeout/deadlock only, with backoff."""
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return work(), attempt
+            except Exception as exc:
+                pgcode = getattr(exc, "pgcode", None)
+                if pgcode is None and not hasattr(exc, "pgerror"):
+                    raise
+                self._rollback_quietly()
+                if pgcode in RETRYABLE_SQLSTATES and attempt <= self.options.lock_retries:
+                    self.lock_retries += 1
+                    time.sleep(self._backoff(attempt))
+                    continue
+                message = (getattr(exc, "pgerror", None) or str(exc)).strip()
+                gave_up = pgcode in RETRYABLE_SQLSTATES
+                raise MigrationError(
+                    (
+                        f"{where}: gave up after {attempt} attempts (lock_timeout {self.options.lock_timeout} each): "
+                        if gave_up
+                        else f"{where}: "
+                    )
+                    + message,
+                    sqlstate=pgcode,
+                    failed_at=where,
+                    attempts=attempt,
+                ) from exc
+
+    # -- units -----------------------------------------------------------------------------------------
+    def _run_unit(self, unit: Unit) -> None:
+        timeout = f"{self.lock_timeout_ms}ms"
+
+        def work() -> None:
+            if unit.kind == "tx":
+                self.cur.execute("BEGIN")
+                self.cur.execute("SELECT set_config('lock_timeout', %s, true)", (timeout,))
+                for stmt in unit.statements:
+                    self.cur.execute(stmt.text)
+                self.cur.execute("COMMIT")
+                return
+            stmt = unit.statements[0]
+            self.cur.execute("SELECT set_config('lock_timeout', %s, false)", (timeout,))
+            try:
+                if stmt.gexec:
+                    self.cur.execute(stmt.text)
+                    generated = [value for row in self.cur.fetchall() for value in row if value is not None]
+                    for generated_sql in generated:
+                        self.cur.execute(generated_sql)
+                else:
+                    self.cur.execute(stmt.text)
+            finally:
+                if not self.conn.closed:
+                    self.cur.execute("RESET lock_timeout")
+
+        started = time.monotonic()
+        where = f"{unit.file}:{unit.line} ({unit.summary})"
+        _, attempts = self._attempt(work, where)
+        seconds = time.monotonic() - started
+        stats = self._phase(phase_of(unit.file))
+        stats.seconds += seconds
+        stats.statements += len(unit.statements)
+        stats.attempts += attempts
+        self.statement_log.append(
+            {
+                "file": unit.file,
+                "line": unit.line,
+                "statement": unit.summary,
+                "attempts": attempts,
+                "seconds": round(seconds, 3),
+            }
+        )
+
+    def _backfill(self) -> None:
+        """The 2x phase: capital_backfill_step() in a loop, one transaction per batch."""
+        stats = self._phase("backfill")
+        started = time.monotonic()
+        timeout = f"{self.lock_timeout_ms}ms"
+        stmt_timeout = f"{self.statement_timeout_ms}ms"
+        while True:
+            if (
+                self.options.stop_after_batches is not None
+                and self.batches >= self.options.stop_after_batches
+            ):
+                raise Interrupted(f"stopped after {self.batches} batches")
+
+            def work() -> tuple[str, int, bool, bool]:
+                self.cur.execute("BEGIN")
+                self.cur.execute("SELECT set_config('lock_timeout', %s, true)", (timeout,))
+                self.cur.execute("SELECT set_config('statement_timeout', %s, true)", (stmt_timeout,))
+                self.cur.execute("SELECT * FROM capital_backfill_step(%s)", (self.options.batch_size,))
+                row = self.cur.fetchone()
+                self.cur.execute("COMMIT")
+                return row
+
+            (source, rows, _source_done, all_done), attempts = self._attempt(
+                work, f"backfill batch {self.batches + 1}"
+            )
+            stats.attempts += attempts
+            if source != "complete":
+                self.batches += 1
+                stats.statements += 1
+                if rows > 0:
+                    self.rows_backfilled[source] = self.rows_backfilled.get(source, 0) + rows
+                if self.options.after_batch is not None:
+                    self.options.after_batch(self.batches)
+            if all_done:
+                break
+            if rows < 0:
+                time.sleep(0.2)  # barrier: transactions older than the ledger_complete flip still running
+        stats.seconds += time.monotonic() - started
+
+    # -- history ---------------------------------------------------------------------------------------
+    def _open_history(self) -> None:
+        if self.history_id is not None or not self._scalar(
+            "SELECT to_regclass('capital_migration_history') IS NOT NULL"
+        ):
+            return
+        self.cur.execute(
+            "UPDATE capital_migration_history SET outcome = 'failed', finished_at = now(),"
+            " detail = detail || '{\"reason\": \"interrupted\"}'::jsonb WHERE outcome = 'running'"
+        )
+        self.history_id = self._scalar(
+            "INSERT INTO capital_migration_history (version, sql_sha256, applied_by, outcome, detail)"
+            " VALUES (%s, %s, current_user, 'running', %s) RETURNING id",
+            (self.options.version, self.sha, json.dumps({"runner": APPLICATION_NAME})),
+        )
+
+    def _close_history(self, outcome: str, detail: Mapping[str, Any]) -> None:
+        if self.history_id is None:
+            return
+        self.cur.execute(
+            "UPDATE capital_migration_history SET outcome = %s, finished_at = now(),"
+            " duration_ms = (extract(epoch FROM now() - started_at) * 1000)::bigint,"
+            " detail = detail || %s::jsonb WHERE id = %s",
+            (outcome, json.dumps(detail, default=str), self.history_id),
+        )
+
+    # -- reporting -------------------------------------------------------------------------------------
+    def _phase_name(self) -> str | None:
+        if not self._scalar("SELECT to_regclass('capital_migration_state') IS NOT NULL"):
+            return None
+        return self._scalar("SELECT phase FROM capital_migration_state")
+
+    def _violations(self) -> list[dict[str, Any]]:
+        if not self._scalar("SELECT to_regclass('capital_enforce_violations') IS NOT NULL"):
+            return []
+        self.cur.execute(
+            "SELECT kind, table_name, row_count, sample_ids, action FROM capital_enforce_violations"
+            " WHERE row_count > 0 ORDER BY kind"
+        )
+        return [
+            {"kind": k, "table": t, "count": c, "sample_ids": list(s), "action": a}
+            for k, t, c, s, a in self.cur.fetchall()
+        ]
+
+    def _progress(self) -> list[dict[str, Any]]:
+        if not self._scalar("SELECT to_regclass('capital_backfill_progress') IS NOT NULL"):
+            return []
+        self.cur.execute(
+            "SELECT source, rows_done, rows_total, done FROM capital_backfill_progress ORDER BY source"
+        )
+        return [
+            {"source": s, "rows_done": d, "rows_total": t, "done": f} for s, d, t, f in self.cur.fetchall()
+        ]
+
+    def _result(self, changed: bool, state_before: str, **extra: Any) -> dict[str, Any]:
+        return {
+            "changed": changed,
+            "state_before": state_before,
+            "sql_sha256": self.sha,
+            "version": self.options.version,
+            "pieces": list(self.pieces),
+            "phases": [vars(p) | {"seconds": round(p.seconds, 3)} for p in self.phases.values()],
+            "statements": self.statement_log,
+            "rows_backfilled": self.rows_backfilled,
+            "batches": self.batches,
+            "lock_retries": self.lock_retries,
+            **extra,
+        }
+
+    # -- entry -----------------------------------------------------------------------------------------
+    def run(self, check_mode: bool = False) -> dict[str, Any]:
+        """Apply (or, in check mode, only plan) the migration; raise MigrationError on any failure."""
+        self.conn.autocommit = True
+        self.cur.execute("SELECT set_config('application_name', %s, false)", (APPLICATION_NAME,))
+        if not self._scalar(f"SELECT pg_try_advisory_lock({ADVISORY_KEY_SQL})"):
+            holder = _advisory_holder(self.cur)
+            raise MigrationError(
+                "another capital migration run holds the advisory lock prestamos.capital_tracking: "
+                f"pid {holder.get('pid')}, application_name {holder.get('application_name')!r}, "
+                f"client {holder.get('client_addr') or 'local socket'}, since {holder.get('backend_start')}; "
+                "wait for it to finish (or end that session) and run again",
+                lock_held=True,
+                holder=holder,
+            )
+        try:
+            return self._run_locked(check_mode)
+        finally:
+            if not self.conn.closed:
+                try:
+                    self.cur.execute(f"SELECT pg_advisory_unlock({ADVISORY_KEY_SQL})")
+                except Exception:  # noqa: S110 - closing the session releases it anyway
+                    pass
+
+    def _run_locked(self, check_mode: bool) -> dict[str, Any]:
+        state_before = migration_state(self.cur, self.sha)
+        phase_before = self._phase_name()
+        if state_before == "applied":
+            return self._result(
+                False,
+                state_before,
+                state_after="applied",
+                phase_before=phase_before,
+                phase_after=phase_before,
+                violations=self._violations(),
+            )
+        if state_before == "drifted":
+            recorded = self._scalar(
+                "SELECT sql_sha256 FROM capital_migration_history WHERE outcome = 'applied' ORDER BY id DESC LIMIT 1"
+            )
+            raise MigrationError(
+                f"drift: the database records migration checksum {recorded}, the SQL now is {self.sha}; "
+                "nothing was changed. Apply the SQL that was applied, or roll back first",
+                drift=True,
+                recorded_sha256=recorded,
+                sql_sha256=self.sha,
+                state_before=state_before,
+            )
+        if check_mode:
+            plan = [
+                {
+                    "file": name,
+                    "phase": phase_of(name),
+                    "units": 0 if phase_of(name) == "backfill" else len(self.units[name]),
+                }
+                for name in self.pieces
+            ]
+            return self._result(
+                True,
+                state_before,
+                state_after=state_before,
+                phase_before=phase_before,
+                phase_after=phase_before,
+                plan=plan,
+                backfill_progress=self._progress(),
+                violations=self._violations(),
+            )
+        try:
+            for name in self.pieces:
+                if phase_of(name) == "backfill":
+                    self._open_history()
+                    self._backfill()
+                else:
+                    for unit in self.units[name]:
+                        self._run_unit(unit)
+                        self._open_history()
+                if self.options.stop_after_file == name:
+                    raise Interrupted(f"stopped after {name}")
+            violations = self._violations()
+            record = self._phase("record")
+            started = time.monotonic()
+            result = self._result(
+                True,
+                state_before,
+                state_after="applied",
+                phase_before=phase_before,
+                phase_after=self._phase_name(),
+                violations=violations,
+            )
+            detail = {
+                k: result[k] for k in ("phases", "rows_backfilled", "lock_retries", "violations", "batches")
+            }
+            self._close_history("applied", detail)
+            record.seconds += time.monotonic() - started
+            record.statements += 1
+            record.attempts += 1
+            result["phases"] = [vars(p) | {"seconds": round(p.seconds, 3)} for p in self.phases.values()]
+            result["state_after"] = migration_state(self.cur, self.sha)
+            return result
+        except MigrationError as exc:
+            if not self.conn.closed:
+                self._rollback_quietly()
+                try:
+                    self._close_history("failed", {"error": exc.msg, **exc.details})
+                except Exception:  # noqa: S110 - the original error matters more
+                    pass
+                exc.details.setdefault("state_after", migration_state(self.cur, self.sha))
+                exc.details.setdefault("phase_after", self._phase_name())
+            exc.details.update(
+                {k: v for k, v in self._result(True, state_before).items() if k not in exc.details}
+            )
+            raise

@@ -1,0 +1,214 @@
+#!/usr/bin/python
+"""Ansible module capital_migrate: apply the capital-tracking migration (expand, backfill, enforce, record)."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: capital_migrate
+short_description: Apply the prestamos capital-tracking migration, resumable and lock-safe
+description:
+  - Applies the SQL of C(files/sql) (C(add_capital_tracking.sql) and the pieces its C(\\ir) lines name, in
+    that order) to a baseline prestamos database, in four phases; expand (new tables, columns, functions,
+    triggers), backfill (keyset batches, one transaction each, resumable), enforce (business rules), record
+    (history row).
+  - Holds the session-level advisory lock C(hashtext('prestamos.capital_tracking')) for the whole run and
+    fails at once, naming the holder, when another run holds it.
+  - A completed migration with the same SQL checksum is a no-op (C(changed=false)); a recorded checksum that
+    differs fails with C(drift=true) before anything is touched; a partial run is resumed.
+  - Every statement that locks a legacy table runs in its own transaction with C(SET LOCAL lock_timeout) and
+    is retried with exponential backoff on SQLSTATE 55P03/40P01 only; other errors fail at once with the
+    server's message and the failing file and line.
+version_added: 0.1.0
+author: prestamos capital-tracking project
+extends_documentation_fragment:
+  - prestamos.capital.connection
+options:
+  sql:
+    description:
+      - The SQL files by name, as text (the module runs on the target host and cannot read the controller's
+        C(files/sql)); must contain C(add_capital_tracking.sql) and every piece it includes.
+    type: dict
+    required: true
+  order:
+    description:
+      - The pieces in order. Optional; when given it must equal the C(\\ir) lines of C(add_capital_tracking.sql),
+        which are the one source of truth.
+    type: list
+    elements: str
+  version:
+    description: Version label written to C(capital_migration_history).
+    type: str
+    default: '1'
+  lock_timeout:
+    description: C(lock_timeout) of each lock-taking attempt, in milliseconds or like C(2s), C(500ms).
+    type: str
+    default: 2s
+  lock_retries:
+    description: How many times an attempt that hit 55P03/40P01 is retried before the run fails.
+    type: int
+    default: 5
+  lock_backoff:
+    description: Seconds to wait before the first retry; doubled after every retry, capped by O(lock_backoff_max).
+    type: float
+    default: 0.5
+  lock_backoff_max:
+    description: Cap of the wait between retries, in seconds.
+    type: float
+    default: 30.0
+  batch_size:
+    description: Rows (or juntas) per backfill batch; each batch is its own transaction.
+    type: int
+    default: 5000
+  statement_timeout:
+    description: C(statement_timeout) of each backfill batch (C(0) means none).
+    type: str
+    default: '0'
+attributes:
+  check_mode:
+    support: full
+    details: In check mode the module reads the state and reports the plan; it executes no DDL and no batch.
+  diff_mode:
+    support: none
+notes:
+  - Files are run in the order of C(add_capital_tracking.sql); the first digit of a piece's name is its phase
+    (1 expand, 2 backfill, 3 enforce). C(2x) files are not executed; the module drives the same
+    C(capital_backfill_step()) loop itself.
+"""
+
+EXAMPLES = r"""
+- name: migrate | Apply the capital-tracking migration
+  prestamos.capital.capital_migrate:
+    sql: "{{ capital_sql_files }}"
+    lock_timeout: 2s
+    lock_retries: 5
+    batch_size: 5000
+  register: capital_migrate_result
+
+- name: migrate | Show the plan only
+  prestamos.capital.capital_migrate:
+    sql: "{{ capital_sql_files }}"
+  check_mode: true
+"""
+
+RETURN = r"""
+state_before:
+  description: not_applied, partial, applied or drifted, before the run.
+  returned: always
+  type: str
+state_after:
+  description: The state after the run.
+  returned: always
+  type: str
+sql_sha256:
+  description: sha256 of the main script and the pieces, in order.
+  returned: always
+  type: str
+phases:
+  description: Per phase (expand, backfill, enforce, record) the seconds, statements and attempts.
+  returned: always
+  type: list
+  elements: dict
+statements:
+  description: Every executed unit with its file, line, attempts and seconds.
+  returned: always
+  type: list
+  elements: dict
+rows_backfilled:
+  description: Rows (juntas for Junta/PrestamoNew) handled by the backfill per step, in this run.
+  returned: always
+  type: dict
+lock_retries:
+  description: Total retries after lock timeouts or deadlocks.
+  returned: always
+  type: int
+violations:
+  description: Existing rule violations found at enforce (kind, table, count, sample_ids, action).
+  returned: always
+  type: list
+  elements: dict
+plan:
+  description: In check mode, the pieces and their number of units.
+  returned: check mode
+  type: list
+  elements: dict
+drift:
+  description: True when the recorded checksum differs from the SQL's.
+  returned: on drift failure
+  type: bool
+lock_held:
+  description: True when another run holds the advisory lock; C(holder) names it.
+  returned: on lock failure
+  type: bool
+"""
+
+import traceback  # noqa: E402 - Ansible modules put DOCUMENTATION/EXAMPLES/RETURN first
+from typing import Any  # noqa: E402
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib  # noqa: E402
+from ansible_collections.prestamos.capital.plugins.module_utils.migration import (  # noqa: E402
+    MigrationError,
+    Migrator,
+    Options,
+)
+from ansible_collections.prestamos.capital.plugins.module_utils.pg import (  # noqa: E402
+    HAS_PSYCOPG2,
+    PSYCOPG2_IMPORT_ERROR,
+    connect,
+    connection_argument_spec,
+)
+
+
+def argument_spec() -> dict[str, Any]:
+    """The migration's options plus the shared connection options."""
+    return {
+        "sql": {"type": "dict", "required": True},
+        "order": {"type": "list", "elements": "str"},
+        "version": {"type": "str", "default": "1"},
+        "lock_timeout": {"type": "str", "default": "2s"},
+        "lock_retries": {"type": "int", "default": 5},
+        "lock_backoff": {"type": "float", "default": 0.5},
+        "lock_backoff_max": {"type": "float", "default": 30.0},
+        "batch_size": {"type": "int", "default": 5000},
+        "statement_timeout": {"type": "str", "default": "0"},
+        **connection_argument_spec(),
+    }
+
+
+def main() -> None:
+    """Thin entry point: Migrator does the work, this adapts parameters and errors."""
+    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
+    if not HAS_PSYCOPG2:
+        module.fail_json(msg=missing_required_lib("psycopg2"), exception=PSYCOPG2_IMPORT_ERROR)
+    p = module.params
+    options = Options(
+        version=p["version"],
+        lock_timeout=p["lock_timeout"],
+        lock_retries=p["lock_retries"],
+        lock_backoff=p["lock_backoff"],
+        lock_backoff_max=p["lock_backoff_max"],
+        batch_size=p["batch_size"],
+        statement_timeout=p["statement_timeout"],
+    )
+    conn = None
+    try:
+        try:
+            conn = connect(p, "capital-migrate")
+        except Exception as exc:
+            module.fail_json(msg=f"cannot connect to the database: {str(exc).strip()}", changed=False)
+        migrator = Migrator(conn, {str(k): str(v) for k, v in p["sql"].items()}, options, p["order"])
+        result = migrator.run(check_mode=module.check_mode)
+    except MigrationError as exc:
+        details = dict(exc.details)
+        details.setdefault("changed", details.get("state_after") not in (None, details.get("state_before")))
+        module.fail_json(msg=exc.msg, **details)
+    except Exception as exc:  # anything unexpected: report it, never a silent success
+        module.fail_json(msg=f"capital_migrate failed unexpectedly: {exc}", exception=traceback.format_exc())
+    finally:
+        if conn is not None and not conn.closed:
+            conn.close()
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

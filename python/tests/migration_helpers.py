@@ -1,0 +1,143 @@
+"""Helpers for the migration tests: run the migration in-process, recompute capital independently, snapshot."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from ansible_collections.prestamos.capital.plugins.module_utils.migration import (
+    Migrator,
+    Options,
+    load_sql_dir,
+)
+from capital_migrate.datagen import generate
+
+SQL_DIR = Path(__file__).resolve().parents[2] / "files" / "sql"
+
+
+def sql_files() -> dict[str, str]:
+    """The migration SQL exactly as the role ships it."""
+    return load_sql_dir(SQL_DIR)
+
+
+def seed_db(db: Any, juntas: int = 4, dirty: bool = False, seed: int = 7) -> None:
+    """Baseline schema plus deterministic generated data (datagen creates the schema when missing)."""
+    conn = db.connect()
+    try:
+        generate(conn, seed=seed, juntas=juntas, dirty=dirty)
+    finally:
+        conn.close()
+
+
+def migrate(db: Any, sql: dict[str, str] | None = None, **options: Any) -> dict[str, Any]:
+    """Run the migration on its own connection, like one module invocation."""
+    conn = db.connect()
+    try:
+        return Migrator(conn, sql if sql is not None else sql_files(), Options(**options)).run()
+    finally:
+        conn.close()
+
+
+# The capital model of domain.md section 3, written independently of the migration's SQL functions.
+EXPECTED_SQL = """
+WITH src AS (
+    SELECT junta_id AS j, CASE WHEN affects_capital THEN round(amount::numeric, 2) ELSE 0 END AS v, true AS share
+      FROM "Accion"
+    UNION ALL
+    SELECT junta_id, CASE WHEN affects_capital THEN round(amount::numeric, 2) ELSE 0 END, false FROM "Multa"
+    UNION ALL
+    SELECT junta_id, CASE WHEN status <> 'REJECTED' THEN -round(amount::numeric, 2) ELSE 0 END, false
+      FROM "Prestamo"
+    UNION ALL
+    SELECT p.junta_id, round(pp.amount::numeric, 2), false
+      FROM "PagoPrestamo" pp JOIN "Prestamo" p ON p.id = pp.prestamo_id
+)
+SELECT j.id, coalesce(sum(v) FILTER (WHERE share), 0), coalesce(sum(v), 0)
+  FROM "Junta" j LEFT JOIN src ON src.j = j.id
+ GROUP BY j.id ORDER BY j.id
+"""
+
+
+def capital_mismatches(conn: Any) -> list[tuple[Any, ...]]:
+    """Juntas whose columns or ledger sums differ from the independent recomputation, to the cent."""
+    with conn.cursor() as cur:
+        cur.execute(EXPECTED_SQL)
+        expected = {jid: (Decimal(base), Decimal(cur_)) for jid, base, cur_ in cur.fetchall()}
+        cur.execute(
+            """SELECT j.id, j.base_capital, j.current_capital, j.available_capital,
+                      coalesce(sum(CASE m.direction WHEN 'INCREASE' THEN m.amount ELSE -m.amount END), 0),
+                      coalesce(sum(CASE m.direction WHEN 'INCREASE' THEN m.amount ELSE -m.amount END)
+                               FILTER (WHERE m.type = 'ACCION'), 0)
+                 FROM "Junta" j LEFT JOIN capital_movements m ON m.junta_id = j.id
+                GROUP BY j.id ORDER BY j.id"""
+        )
+        bad = []
+        for jid, base, current, available, ledger, ledger_base in cur.fetchall():
+            exp_base, exp_cur = expected[jid]
+            if (base, current, available, ledger, ledger_base) != (
+                exp_base,
+                exp_cur,
+                exp_cur,
+                exp_cur,
+                exp_base,
+            ):
+                bad.append((jid, exp_base, exp_cur, base, current, available, ledger, ledger_base))
+        return bad
+
+
+def shadow_mismatches(conn: Any) -> list[tuple[Any, ...]]:
+    """Legacy loans/payments whose shadow row is missing or different (amount, remaining, flags)."""
+    with conn.cursor() as cur:
+        cur.execute(
+            """SELECT p.id FROM "Prestamo" p FULL JOIN "PrestamoNew" n ON n.id = p.id
+                WHERE n.id IS NULL OR p.id IS NULL OR n.junta_id <> p.junta_id
+                   OR n.amount <> round(p.amount::numeric, 2) OR n.status <> p.status
+                   OR n.loan_number IS NULL OR n.capital_at_time IS NULL
+                   OR n.remaining_amount <> round(p.amount::numeric, 2) - coalesce((
+                        SELECT sum(round(pp.amount::numeric, 2)) FROM "PagoPrestamo" pp WHERE pp.prestamo_id = p.id), 0)
+               UNION ALL
+               SELECT coalesce(pp.id, q.id) FROM "PagoPrestamo" pp FULL JOIN "PagoPrestamoNew" q ON q.id = pp.id
+                WHERE q.id IS NULL OR pp.id IS NULL OR q.amount <> round(pp.amount::numeric, 2)
+                   OR q.prestamo_id <> pp.prestamo_id"""
+        )
+        return cur.fetchall()
+
+
+def snapshot(conn: Any) -> dict[str, list[tuple[Any, ...]]]:
+    """The end state row by row: ledger (without id/recorded_at), shadow tables, Junta columns, phase."""
+    queries = {
+        "ledger": """SELECT junta_id, type, direction, amount, description, created_at,
+                            accion_id, multa_id, prestamo_id, pago_id, seq
+                       FROM capital_movements
+                      ORDER BY coalesce(accion_id, multa_id, prestamo_id, pago_id) COLLATE "C", type, seq""",
+        "prestamo_new": 'SELECT * FROM "PrestamoNew" ORDER BY id COLLATE "C"',
+        "pago_new": 'SELECT * FROM "PagoPrestamoNew" ORDER BY id COLLATE "C"',
+        "junta": 'SELECT id, base_capital, current_capital, available_capital FROM "Junta" ORDER BY id COLLATE "C"',
+        "phase": "SELECT phase FROM capital_migration_state",
+        "violations": "SELECT kind, row_count, sample_ids, action FROM capital_enforce_violations ORDER BY kind",
+        "constraints": """SELECT conrelid::regclass::text, conname, convalidated FROM pg_constraint
+                           WHERE connamespace = 'public'::regnamespace AND conname LIKE 'capital%'
+                           ORDER BY 1, 2""",
+    }
+    out = {}
+    with conn.cursor() as cur:
+        for key, query in queries.items():
+            cur.execute(query)
+            out[key] = cur.fetchall()
+    return out
+
+
+GUIDE_CAPITAL_CHECK = """
+SELECT j.id, j.name, j.current_capital, j.available_capital,
+       ABS(j.current_capital - j.available_capital) as discrepancy
+FROM "Junta" j
+WHERE ABS(j.current_capital - j.available_capital) > 0.01;
+"""
+
+GUIDE_CONSTRAINTS = """
+SELECT conname, contype, conrelid::regclass
+FROM pg_constraint
+WHERE connamespace = 'public'::regnamespace
+AND NOT convalidated;
+"""
