@@ -18,7 +18,8 @@ import hashlib
 import json
 import re
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -285,6 +286,34 @@ def _advisory_holder(cursor: Any) -> dict[str, Any]:
     return dict(zip(keys, row, strict=True))
 
 
+@contextmanager
+def advisory_lock(cursor: Any) -> Iterator[None]:
+    """Hold the migration's session-level advisory lock, or fail at once naming whoever holds it.
+
+    Session-level, so a killed run's lock goes with its connection; every run that changes the schema
+    (migration and reverse migration) takes it, so two of them never interleave.
+    """
+    cursor.execute(f"SELECT pg_try_advisory_lock({ADVISORY_KEY_SQL})")
+    if not cursor.fetchone()[0]:
+        holder = _advisory_holder(cursor)
+        raise MigrationError(
+            "another capital migration run holds the advisory lock prestamos.capital_tracking: "
+            f"pid {holder.get('pid')}, application_name {holder.get('application_name')!r}, "
+            f"client {holder.get('client_addr') or 'local socket'}, since {holder.get('backend_start')}; "
+            "wait for it to finish (or end that session) and run again",
+            lock_held=True,
+            holder=holder,
+        )
+    try:
+        yield
+    finally:
+        if not cursor.connection.closed:
+            try:
+                cursor.execute(f"SELECT pg_advisory_unlock({ADVISORY_KEY_SQL})")
+            except Exception:  # noqa: S110 - closing the session releases it anyway
+                pass
+
+
 # -- the runner -------------------------------------------------------------------------------------------
 @dataclass
 class Options:
@@ -311,49 +340,25 @@ class _PhaseStats:
     attempts: int = 0
 
 
-@dataclass
-class Migrator:
-    """Applies the migration on one connection (autocommit; the runner issues BEGIN/COMMIT itself)."""
+class UnitRunner:
+    """Runs units of SQL on one autocommit connection: each under lock_timeout, retried with backoff on
+    lock timeout or deadlock only. Shared by the migration (Migrator) and the reverse migration (Reverter).
+
+    Subclasses set conn, cur, options, lock_timeout_ms, lock_retries, phases and statement_log.
+    """
 
     conn: Any
-    sql: Mapping[str, str]
-    options: Options = field(default_factory=Options)
-    order: Sequence[str] | None = None
+    cur: Any
+    options: Options
+    lock_timeout_ms: int
+    lock_retries: int
+    phases: dict[str, _PhaseStats]
+    statement_log: list[dict[str, Any]]
 
-    def __post_init__(self) -> None:
-        if MAIN_SCRIPT not in self.sql:
-            raise MigrationError(f"sql must contain the main script {MAIN_SCRIPT} (it defines the order)")
-        parsed = parse_order(self.sql[MAIN_SCRIPT])
-        if self.order is not None and list(self.order) != parsed:
-            raise MigrationError(
-                f"order {list(self.order)} differs from the \\ir lines of {MAIN_SCRIPT} {parsed}; "
-                "the main script is the one source of truth: fix or omit order"
-            )
-        missing = [name for name in parsed if name not in self.sql]
-        if missing:
-            raise MigrationError(f"sql lacks the pieces {missing} named by {MAIN_SCRIPT}")
-        self.pieces = parsed
-        self.sha = sql_checksum([self.sql[MAIN_SCRIPT], *(self.sql[name] for name in parsed)])
-        self.units = {name: parse_units(name, self.sql[name]) for name in parsed}
-        for name in parsed:
-            phase_of(name)
-        opts = self.options
-        self.lock_timeout_ms = duration_ms(opts.lock_timeout, "lock_timeout")
-        self.statement_timeout_ms = duration_ms(opts.statement_timeout, "statement_timeout")
-        if opts.batch_size < 1:
-            raise MigrationError(f"batch_size must be at least 1, got {opts.batch_size}")
-        if opts.lock_retries < 0:
-            raise MigrationError(f"lock_retries must be 0 or more, got {opts.lock_retries}")
-        self.cur = self.conn.cursor()
-        self.history_id: int | None = None
-        self.started = time.monotonic()
-        self.phases: dict[str, _PhaseStats] = {}
-        self.statement_log: list[dict[str, Any]] = []
-        self.rows_backfilled: dict[str, int] = {}
-        self.batches = 0
-        self.lock_retries = 0
+    def _phase_for(self, file: str) -> str:
+        """The phase a unit's timings count towards."""
+        return phase_of(file)
 
-    # -- helpers ---------------------------------------------------------------------------------------
     def _phase(self, name: str) -> _PhaseStats:
         return self.phases.setdefault(name, _PhaseStats(name))
 
@@ -431,7 +436,7 @@ class Migrator:
         where = f"{unit.file}:{unit.line} ({unit.summary})"
         _, attempts = self._attempt(work, where)
         seconds = time.monotonic() - started
-        stats = self._phase(phase_of(unit.file))
+        stats = self._phase(self._phase_for(unit.file))
         stats.seconds += seconds
         stats.statements += len(unit.statements)
         stats.attempts += attempts
@@ -445,6 +450,51 @@ class Migrator:
             }
         )
 
+
+
+@dataclass
+class Migrator(UnitRunner):
+    """Applies the migration on one connection (autocommit; the runner issues BEGIN/COMMIT itself)."""
+
+    conn: Any
+    sql: Mapping[str, str]
+    options: Options = field(default_factory=Options)
+    order: Sequence[str] | None = None
+
+    def __post_init__(self) -> None:
+        if MAIN_SCRIPT not in self.sql:
+            raise MigrationError(f"sql must contain the main script {MAIN_SCRIPT} (it defines the order)")
+        parsed = parse_order(self.sql[MAIN_SCRIPT])
+        if self.order is not None and list(self.order) != parsed:
+            raise MigrationError(
+                f"order {list(self.order)} differs from the \\ir lines of {MAIN_SCRIPT} {parsed}; "
+                "the main script is the one source of truth: fix or omit order"
+            )
+        missing = [name for name in parsed if name not in self.sql]
+        if missing:
+            raise MigrationError(f"sql lacks the pieces {missing} named by {MAIN_SCRIPT}")
+        self.pieces = parsed
+        self.sha = sql_checksum([self.sql[MAIN_SCRIPT], *(self.sql[name] for name in parsed)])
+        self.units = {name: parse_units(name, self.sql[name]) for name in parsed}
+        for name in parsed:
+            phase_of(name)
+        opts = self.options
+        self.lock_timeout_ms = duration_ms(opts.lock_timeout, "lock_timeout")
+        self.statement_timeout_ms = duration_ms(opts.statement_timeout, "statement_timeout")
+        if opts.batch_size < 1:
+            raise MigrationError(f"batch_size must be at least 1, got {opts.batch_size}")
+        if opts.lock_retries < 0:
+            raise MigrationError(f"lock_retries must be 0 or more, got {opts.lock_retries}")
+        self.cur = self.conn.cursor()
+        self.history_id: int | None = None
+        self.started = time.monotonic()
+        self.phases: dict[str, _PhaseStats] = {}
+        self.statement_log: list[dict[str, Any]] = []
+        self.rows_backfilled: dict[str, int] = {}
+        self.batches = 0
+        self.lock_retries = 0
+
+    # -- helpers ---------------------------------------------------------------------------------------
     def _backfill(self) -> None:
         """The 2x phase: capital_backfill_step() in a loop, one transaction per batch."""
         stats = self._phase("backfill")
@@ -558,24 +608,8 @@ class Migrator:
         """Apply (or, in check mode, only plan) the migration; raise MigrationError on any failure."""
         self.conn.autocommit = True
         self.cur.execute("SELECT set_config('application_name', %s, false)", (APPLICATION_NAME,))
-        if not self._scalar(f"SELECT pg_try_advisory_lock({ADVISORY_KEY_SQL})"):
-            holder = _advisory_holder(self.cur)
-            raise MigrationError(
-                "another capital migration run holds the advisory lock prestamos.capital_tracking: "
-                f"pid {holder.get('pid')}, application_name {holder.get('application_name')!r}, "
-                f"client {holder.get('client_addr') or 'local socket'}, since {holder.get('backend_start')}; "
-                "wait for it to finish (or end that session) and run again",
-                lock_held=True,
-                holder=holder,
-            )
-        try:
+        with advisory_lock(self.cur):
             return self._run_locked(check_mode)
-        finally:
-            if not self.conn.closed:
-                try:
-                    self.cur.execute(f"SELECT pg_advisory_unlock({ADVISORY_KEY_SQL})")
-                except Exception:  # noqa: S110 - closing the session releases it anyway
-                    pass
 
     def _run_locked(self, check_mode: bool) -> dict[str, Any]:
         state_before = migration_state(self.cur, self.sha)
