@@ -124,7 +124,7 @@ def test_uuids_are_the_uuid4_of_the_random_bits() -> None:
     """The fast id formatting is exactly uuid.UUID(int=getrandbits(128), version=4)."""
     chunk = datagen._Chunk(datagen.Summary(seed=5, juntas=0, dirty=False))
     gen = datagen._JuntaGen(5, 0, False, chunk)
-    twin = random.Random()  # noqa: S311 - replays the generator's stream
+    twin = random.Random()
     twin.setstate(gen.rng.getstate())
     for _ in range(500):
         assert gen.uuid() == str(uuid.UUID(int=twin.getrandbits(128), version=4))

@@ -268,11 +268,11 @@ def test_cli_run_as_non_root_user_runs_server_as_that_user() -> None:
               "awk '/^Uid:/ {print $2}' /proc/$P/status; "
               "psql -X -v ON_ERROR_STOP=1 -Atc 'select current_user'; exit 5")
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(PYTHON_DIR),
-           "PYTHONDONTWRITEBYTECODE": "1", "TMPDIR": "/tmp", "HOME": "/tmp"}  # noqa: S108
+           "PYTHONDONTWRITEBYTECODE": "1", "TMPDIR": "/tmp", "HOME": "/tmp"}
     done = subprocess.run(["runuser", "-u", "nobody", "--", "env", "-i",
                            *(f"{k}={v}" for k, v in env.items()),
                            python, "-m", "capital_migrate.pgtmp", "run", "--", "sh", "-c", script],
-                          capture_output=True, text=True, cwd="/tmp", check=False, timeout=120)  # noqa: S108
+                          capture_output=True, text=True, cwd="/tmp", check=False, timeout=120)
     assert done.returncode == 5, done.stderr
     report, uid, user = done.stdout.splitlines()
     assert (int(uid), user) == (nobody.pw_uid, pgtmp.SUPERUSER)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -21,7 +22,8 @@ def connection_argument_spec() -> dict[str, Any]:
     return {
         "login_host": {"type": "str", "default": ""},
         "login_unix_socket": {"type": "str", "default": ""},
-        "login_port": {"type": "int", "default": 5432},
+        # Like community.postgresql: PGPORT of the target's environment, else 5432.
+        "login_port": {"type": "int", "default": int(os.environ.get("PGPORT") or 5432)},
         "login_user": {"type": "str", "default": ""},
         "login_password": {"type": "str", "default": "", "no_log": True},
         "login_db": {"type": "str", "default": "", "aliases": ["db"]},

@@ -8,9 +8,9 @@ DOCUMENTATION = r"""
 module: capital_rollback
 short_description: Remove the prestamos capital-tracking migration, keeping every legacy row
 description:
-  - Runs C(files/sql/rollback_capital_tracking.sql) unit by unit: triggers, constraints, indexes and added
-    columns of the legacy tables, the ledger, the shadow tables, the bookkeeping tables and the functions go;
-    every row of the legacy tables stays, including rows written after the migration.
+  - Runs C(files/sql/rollback_capital_tracking.sql) unit by unit. The triggers, constraints, indexes and added
+    columns of the legacy tables, the ledger, the shadow tables, the bookkeeping tables and the functions go.
+    Every row of the legacy tables stays, including rows written after the migration.
   - Works from any state the migration can leave (partial, applied, an earlier partial rollback); with
     nothing of the migration left it changes nothing (C(changed=false)).
   - Holds the migration's advisory lock for its whole run and fails at once, naming the holder, when a

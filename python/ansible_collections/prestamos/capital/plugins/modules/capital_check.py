@@ -1,0 +1,567 @@
+#!/usr/bin/python
+"""Ansible module capital_check: read-only, cent-exact reconciliation of the capital-tracking migration."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: capital_check
+short_description: Reconcile every junta's capital, the ledger and the shadow tables, to the cent
+description:
+  - Recomputes every junta's C(base_capital), C(current_capital) and C(available_capital) independently from
+    the raw legacy rows (C("Accion"), C("Multa"), C("Prestamo"), C("PagoPrestamo")), using the capital model
+    of the project's C(domain.md) section 3, and compares the result with the C("Junta") columns, with the
+    ledger C(capital_movements) summed per movement type, and with C(calculate_available_capital(junta_id)).
+  - Compares the shadow tables C("PrestamoNew") and C("PagoPrestamoNew") with the legacy tables per junta
+    (row counts and cent sums) and row by row (missing, orphaned and differing rows).
+  - Read-only. Everything runs in one C(READ ONLY), C(REPEATABLE READ) transaction, so all figures come
+    from one consistent snapshot while the application keeps writing; the transaction is rolled back.
+  - Equality is exact. A difference of 0.01 is a discrepancy; there is no tolerance.
+  - Money in the results is always a string with two decimals, never a float.
+version_added: 0.1.0
+author: prestamos capital-tracking project
+options:
+  method:
+    description:
+      - How the expected figures are recomputed from the raw rows.
+      - C(sql) lets PostgreSQL aggregate C(sum(round(amount::numeric, 2))) per junta and source type (the
+        rounding is per row, so this is exact). Nothing but the aggregates crosses the wire, so it suits
+        databases of millions of rows.
+      - C(python) streams the raw float rows through server-side cursors into the pure model in
+        C(module_utils/capital.py), which mimics the C(float8 -> numeric) cast itself. Slower; an
+        independent cross-check of the SQL path for small and medium databases. It keeps one entry per loan
+        in memory (a payment names its loan, not its junta).
+    type: str
+    choices: [sql, python]
+    default: sql
+  fail_on_discrepancy:
+    description:
+      - Fail (C(failed=true), a message naming the first discrepancies) when any figure differs.
+      - With C(false) the module only reports; the discrepancies are still returned.
+    type: bool
+    default: true
+  check_shadow:
+    description:
+      - Compare the shadow tables with the legacy tables.
+    type: bool
+    default: true
+  check_function:
+    description:
+      - Also call C(calculate_available_capital(junta_id)) for every junta and compare its result.
+    type: bool
+    default: true
+  max_discrepancies:
+    description:
+      - At most this many discrepancies are returned in RV(discrepancies) (all are counted in
+        RV(discrepancy_count)); keeps a disastrous run's result readable.
+    type: int
+    default: 1000
+  lock_timeout:
+    description:
+      - PostgreSQL C(lock_timeout) for the check's reads, so it fails instead of queueing forever behind
+        DDL that holds an exclusive lock (and never makes other sessions queue behind it).
+    type: str
+    default: 10s
+attributes:
+  check_mode:
+    support: full
+    description: Read-only in every mode; check mode runs exactly the same read-only queries.
+  diff_mode:
+    support: none
+    description: Nothing is changed, so there is nothing to diff.
+extends_documentation_fragment:
+  - prestamos.capital.connection
+notes:
+  - The connection options have the names and meaning of the community.postgresql modules, so one
+    C(module_defaults) entry serves both (the project's playbooks set it for C(group/prestamos.capital.all)).
+  - The login role only needs SELECT on the legacy and capital tables and EXECUTE on
+    C(calculate_available_capital).
+  - The migration must have been applied (the ledger table must exist); otherwise the module fails naming
+    what is missing.
+"""
+
+EXAMPLES = r"""
+- name: verify | Reconcile capital to the cent
+  prestamos.capital.capital_check:
+    login_host: db.example.org
+    login_user: migrator
+    login_password: "{{ vault_db_password }}"
+    login_db: prestamos
+  register: capital_check_result
+  no_log: true
+
+- name: verify | Cross-check with the Python model and only report
+  prestamos.capital.capital_check:
+    method: python
+    fail_on_discrepancy: false
+  register: capital_check_python
+"""
+
+RETURN = r"""
+juntas_checked:
+  description: Number of rows in C("Junta") that were checked.
+  returned: success
+  type: int
+  sample: 42
+totals:
+  description: Recomputed capital summed over all juntas (what the columns must add up to).
+  returned: success
+  type: dict
+  sample: {"base_capital": "125000.00", "current_capital": "80312.55", "available_capital": "80312.55"}
+totals_recorded:
+  description: The C("Junta") columns summed over all juntas.
+  returned: success
+  type: dict
+  sample: {"base_capital": "125000.00", "current_capital": "80312.55", "available_capital": "80312.55"}
+ledger:
+  description: Ledger row count and signed balance (increases minus decreases) over all juntas.
+  returned: success
+  type: dict
+  sample: {"movements": 1200, "balance": "80312.55"}
+discrepancies:
+  description:
+    - Every figure that differs, at most O(max_discrepancies).
+    - C(field) is a C("Junta") column, C(ledger.<TYPE>), C(ledger.balance), C(calculate_available_capital)
+      or C(shadow.<what>). C(difference) is actual minus expected. Counts are whole numbers, money has two
+      decimals; all values are strings.
+  returned: always
+  type: list
+  elements: dict
+  sample: [{"junta_id": "j-1", "field": "current_capital", "expected": "100.00", "actual": "100.01",
+            "difference": "0.01"}]
+discrepancy_count:
+  description: Number of discrepancies found (the list may be truncated, this is not).
+  returned: always
+  type: int
+  sample: 0
+shadow:
+  description: Legacy versus shadow totals and the number of shadow discrepancies.
+  returned: success and O(check_shadow=true)
+  type: dict
+  sample: {"checked": true, "legacy": {"loan_count": 10, "loan_amount": "500.00", "payment_count": 20,
+           "payment_amount": "250.00"}, "shadow": {"loan_count": 10, "loan_amount": "500.00",
+           "payment_count": 20, "payment_amount": "250.00"}, "discrepancy_count": 0}
+method:
+  description: The recomputation method used.
+  returned: always
+  type: str
+  sample: sql
+snapshot_time:
+  description: Start of the snapshot the figures come from (server time, ISO 8601).
+  returned: success
+  type: str
+  sample: "2024-05-01T10:00:00.123456+00:00"
+summary:
+  description: One line naming the first discrepancies (also the failure message), or saying there are none.
+  returned: success
+  type: str
+  sample: "capital_check found no discrepancies (exact to the cent)"
+executed_queries:
+  description: The SQL statements run, in order.
+  returned: always
+  type: list
+  elements: str
+"""
+
+from collections.abc import Iterator, Mapping
+from decimal import Decimal
+from typing import Any
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible_collections.prestamos.capital.plugins.module_utils.capital import (
+    ZERO,
+    AccionRow,
+    Discrepancy,
+    JuntaCapital,
+    PagoRow,
+    PrestamoRow,
+    ShadowFigures,
+    capital_from_type_sums,
+    compare_shadow,
+    legacy_shadow_figures,
+    money_str,
+    reconcile,
+    signed_type_sums,
+    totals,
+)
+from ansible_collections.prestamos.capital.plugins.module_utils.pg import (
+    HAS_PSYCOPG2,
+    PSYCOPG2_IMPORT_ERROR,
+    connect_kwargs,
+    connection_argument_spec,
+)
+
+if HAS_PSYCOPG2:
+    import psycopg2
+    import psycopg2.extensions
+
+# How many discrepancies the failure message names before "and N more".
+MESSAGE_DISCREPANCIES = 5
+# Rows fetched per round trip by the python method's server-side cursors.
+STREAM_BATCH = 10000
+
+# --- SQL -------------------------------------------------------------------------------------------------
+# Every statement reads only; the transaction is READ ONLY, so a write would fail, not happen.
+
+SQL_SCHEMA = """
+SELECT to_regclass('public.capital_movements') IS NOT NULL AS ledger,
+       to_regclass('public."PrestamoNew"') IS NOT NULL AS shadow_loans,
+       to_regclass('public."PagoPrestamoNew"') IS NOT NULL AS shadow_payments,
+       to_regprocedure('public.calculate_available_capital(text)') IS NOT NULL AS calc_function,
+       (SELECT count(*) FROM information_schema.columns
+         WHERE table_schema = 'public' AND table_name = 'Junta'
+           AND column_name IN ('base_capital', 'current_capital', 'available_capital')) AS junta_columns,
+       (SELECT count(*) FROM information_schema.columns
+         WHERE table_schema = 'public' AND table_name IN ('Accion', 'Multa')
+           AND column_name = 'affects_capital') AS affects_capital_columns,
+       transaction_timestamp() AS snapshot_time
+""".strip()
+
+# The independent recomputation: per row float8 -> numeric, round to cents, then exact sums per junta and
+# type. Deliberately does not call any function the migration created.
+SQL_EXPECTED_SUMS = """
+SELECT junta_id, 'ACCION' AS kind, sum(round(amount::numeric, 2)) AS cents
+  FROM "Accion" WHERE affects_capital GROUP BY junta_id
+UNION ALL
+SELECT junta_id, 'MULTA', sum(round(amount::numeric, 2))
+  FROM "Multa" WHERE affects_capital GROUP BY junta_id
+UNION ALL
+SELECT junta_id, 'PRESTAMO', -sum(round(amount::numeric, 2))
+  FROM "Prestamo" WHERE status <> 'REJECTED' GROUP BY junta_id
+UNION ALL
+SELECT p.junta_id, 'PAGO', sum(round(g.amount::numeric, 2))
+  FROM "PagoPrestamo" g JOIN "Prestamo" p ON p.id = g.prestamo_id GROUP BY p.junta_id
+""".strip()
+
+SQL_STREAM = {
+    "accion": 'SELECT id, junta_id, amount, affects_capital FROM "Accion"',
+    "multa": 'SELECT id, junta_id, amount, affects_capital FROM "Multa"',
+    "prestamo": 'SELECT id, junta_id, amount, status FROM "Prestamo"',
+    "pago": 'SELECT id, prestamo_id, amount FROM "PagoPrestamo"',
+}
+
+SQL_JUNTA = 'SELECT id, base_capital, current_capital, available_capital FROM "Junta"'
+
+SQL_LEDGER = """
+SELECT junta_id, type,
+       sum(CASE direction WHEN 'INCREASE' THEN amount WHEN 'DECREASE' THEN -amount END) AS cents,
+       count(*) AS movements,
+       count(*) FILTER (WHERE direction NOT IN ('INCREASE', 'DECREASE') OR direction IS NULL) AS bad
+  FROM capital_movements GROUP BY junta_id, type
+""".strip()
+
+SQL_CALCULATED = 'SELECT id, calculate_available_capital(id) FROM "Junta"'
+
+SQL_SHADOW = {
+    "legacy_loans": (
+        'SELECT junta_id, count(*), sum(round(amount::numeric, 2)) FROM "Prestamo" GROUP BY junta_id'
+    ),
+    "legacy_payments": (
+        'SELECT p.junta_id, count(*), sum(round(g.amount::numeric, 2)) FROM "PagoPrestamo" g '
+        'JOIN "Prestamo" p ON p.id = g.prestamo_id GROUP BY p.junta_id'
+    ),
+    "shadow_loans": 'SELECT junta_id, count(*), sum(amount) FROM "PrestamoNew" GROUP BY junta_id',
+    "shadow_payments": (
+        'SELECT n.junta_id, count(*), sum(g.amount) FROM "PagoPrestamoNew" g '
+        'JOIN "PrestamoNew" n ON n.id = g.prestamo_id GROUP BY n.junta_id'
+    ),
+}
+
+# Row-by-row checks: (field name, query returning junta_id and a count of offending rows).
+SQL_SHADOW_ROWS = (
+    (
+        "shadow.loans_missing",
+        'SELECT p.junta_id, count(*) FROM "Prestamo" p WHERE NOT EXISTS '
+        '(SELECT 1 FROM "PrestamoNew" n WHERE n.original_prestamo_id = p.id) GROUP BY p.junta_id',
+    ),
+    (
+        "shadow.loans_orphaned",
+        'SELECT n.junta_id, count(*) FROM "PrestamoNew" n WHERE NOT EXISTS '
+        '(SELECT 1 FROM "Prestamo" p WHERE p.id = n.original_prestamo_id) GROUP BY n.junta_id',
+    ),
+    (
+        "shadow.loans_differing",
+        'SELECT p.junta_id, count(*) FROM "Prestamo" p JOIN "PrestamoNew" n ON n.original_prestamo_id = p.id '
+        "WHERE n.amount IS DISTINCT FROM round(p.amount::numeric, 2) "
+        "OR n.junta_id IS DISTINCT FROM p.junta_id OR n.member_id IS DISTINCT FROM p.member_id "
+        "OR n.status IS DISTINCT FROM p.status "
+        "GROUP BY p.junta_id",
+    ),
+    (
+        "shadow.payments_missing",
+        'SELECT p.junta_id, count(*) FROM "PagoPrestamo" g JOIN "Prestamo" p ON p.id = g.prestamo_id '
+        'WHERE NOT EXISTS (SELECT 1 FROM "PagoPrestamoNew" n WHERE n.original_pago_id = g.id) '
+        "GROUP BY p.junta_id",
+    ),
+    (
+        "shadow.payments_orphaned",
+        'SELECT l.junta_id, count(*) FROM "PagoPrestamoNew" n JOIN "PrestamoNew" l ON l.id = n.prestamo_id '
+        'WHERE NOT EXISTS (SELECT 1 FROM "PagoPrestamo" g WHERE g.id = n.original_pago_id) '
+        "GROUP BY l.junta_id",
+    ),
+    (
+        "shadow.payments_differing",
+        'SELECT p.junta_id, count(*) FROM "PagoPrestamo" g JOIN "Prestamo" p ON p.id = g.prestamo_id '
+        'JOIN "PagoPrestamoNew" n ON n.original_pago_id = g.id '
+        'LEFT JOIN "PrestamoNew" l ON l.id = n.prestamo_id '
+        "WHERE n.amount IS DISTINCT FROM round(g.amount::numeric, 2) "
+        "OR l.original_prestamo_id IS DISTINCT FROM g.prestamo_id GROUP BY p.junta_id",
+    ),
+)
+
+
+class CheckError(Exception):
+    """A condition that makes the check impossible (not a discrepancy): the message says what to do."""
+
+
+class CapitalChecker:
+    """Runs the reconciliation on one read-only snapshot and builds the module result."""
+
+    def __init__(self, module: AnsibleModule) -> None:
+        self.module = module
+        self.params: Mapping[str, Any] = module.params
+        self.executed_queries: list[str] = []
+        self.conn: Any = None
+        self._found: list[Discrepancy] = []
+
+    # -- database plumbing ---------------------------------------------------------------------------
+    def connect(self) -> None:
+        """Open one connection whose transactions are READ ONLY and REPEATABLE READ (one snapshot)."""
+        try:
+            self.conn = psycopg2.connect(**connect_kwargs(self.params, "capital_check"))
+        except psycopg2.Error as exc:
+            # libpq's message names host/port/user and the cause, never the password.
+            raise CheckError(f"cannot connect to the database: {str(exc).strip()}") from exc
+        self.conn.set_session(
+            isolation_level=psycopg2.extensions.ISOLATION_LEVEL_REPEATABLE_READ, readonly=True
+        )
+
+    def close(self) -> None:
+        """Roll back (nothing was written; this just ends the snapshot) and disconnect."""
+        if self.conn is not None and not self.conn.closed:
+            try:
+                self.conn.rollback()
+            except psycopg2.Error:
+                pass  # the connection is already broken; the error that broke it is what we report
+            finally:
+                self.conn.close()
+
+    def query(self, sql: str, args: tuple[Any, ...] | None = None) -> list[tuple[Any, ...]]:
+        """Run one read and fetch all of it (used only for aggregated, per-junta sized results)."""
+        self.executed_queries.append(sql)
+        with self.conn.cursor() as cur:
+            cur.execute(sql, args)
+            rows: list[tuple[Any, ...]] = cur.fetchall()
+            return rows
+
+    def stream(self, name: str, sql: str) -> Iterator[tuple[Any, ...]]:
+        """Yield rows through a server-side cursor, STREAM_BATCH at a time (raw tables can be huge)."""
+        self.executed_queries.append(sql)
+        with self.conn.cursor(name=f"capital_check_{name}") as cur:
+            cur.itersize = STREAM_BATCH
+            cur.execute(sql)
+            yield from cur
+
+    # -- the check -----------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        """Check everything on one snapshot; return the module result (without failed/msg)."""
+        # set_config(..., true) is SET LOCAL: it ends with the snapshot transaction.
+        self.query("SELECT set_config('lock_timeout', %s, true)", (self.params["lock_timeout"],))
+        schema = self.query(SQL_SCHEMA)[0]
+        ledger_ok, shadow_loans, shadow_payments, calc_ok, junta_cols, affects_cols, snapshot = schema
+        missing = [
+            what
+            for what, present in (
+                ("table capital_movements", ledger_ok),
+                ('"Junta" capital columns', junta_cols == 3),
+                ('"Accion"/"Multa".affects_capital', affects_cols == 2),
+            )
+            if not present
+        ]
+        if missing:
+            raise CheckError(
+                "the capital-tracking migration is not applied (missing: "
+                + ", ".join(missing)
+                + "); run the migrate stage (migrate.yml) first"
+            )
+
+        expected_sums = self.expected_sums()
+        junta_columns = {row[0]: JuntaCapital(row[1], row[2], row[3]) for row in self.query(SQL_JUNTA)}
+        ledger_sums: dict[str, dict[str, Decimal]] = {}
+        movements = 0
+        bad_direction = 0
+        for junta_id, kind, cents, count, bad in self.query(SQL_LEDGER):
+            ledger_sums.setdefault(junta_id, {})[kind] = cents if cents is not None else ZERO
+            movements += count
+            bad_direction += bad
+        calculated: dict[str, Decimal] | None = None
+        if self.params["check_function"]:
+            if not calc_ok:
+                raise CheckError(
+                    "function calculate_available_capital(text) is missing; the migration is incomplete "
+                    "(rerun migrate.yml) or set check_function: false"
+                )
+            calculated = {row[0]: row[1] for row in self.query(SQL_CALCULATED)}
+
+        discrepancies = reconcile(expected_sums, junta_columns, ledger_sums, calculated)
+        if bad_direction:
+            discrepancies.append(
+                Discrepancy("*", "ledger.bad_direction", ZERO, Decimal(bad_direction), "count")
+            )
+
+        result: dict[str, Any] = {}
+        if self.params["check_shadow"]:
+            if not (shadow_loans and shadow_payments):
+                raise CheckError(
+                    'shadow tables "PrestamoNew"/"PagoPrestamoNew" are missing; the migration is incomplete '
+                    "(rerun migrate.yml) or set check_shadow: false"
+                )
+            shadow_found, result["shadow"] = self.check_shadow()
+            discrepancies.extend(shadow_found)
+        else:
+            result["shadow"] = {"checked": False}
+
+        expected = capital_from_type_sums(expected_sums)
+        for junta_id in junta_columns:
+            expected.setdefault(junta_id, JuntaCapital(ZERO, ZERO, ZERO))
+        limit = self.params["max_discrepancies"]
+        result.update(
+            juntas_checked=len(junta_columns),
+            totals={name: money_str(value) for name, value in totals(expected).items()},
+            totals_recorded={name: money_str(value) for name, value in totals(junta_columns).items()},
+            ledger={
+                "movements": movements,
+                "balance": money_str(sum((sum(t.values(), ZERO) for t in ledger_sums.values()), ZERO)),
+            },
+            discrepancies=[d.as_dict() for d in discrepancies[:limit]],
+            discrepancy_count=len(discrepancies),
+            snapshot_time=snapshot.isoformat(),
+        )
+        self._found = discrepancies
+        return result
+
+    def expected_sums(self) -> dict[str, dict[str, Decimal]]:
+        """Signed cents per junta and type, recomputed from raw rows by the chosen method."""
+        if self.params["method"] == "sql":
+            sums: dict[str, dict[str, Decimal]] = {}
+            for junta_id, kind, cents in self.query(SQL_EXPECTED_SUMS):
+                sums.setdefault(junta_id, {})[kind] = cents
+            return sums
+        return signed_type_sums(
+            (AccionRow(*row) for row in self.stream("accion", SQL_STREAM["accion"])),
+            (AccionRow(*row) for row in self.stream("multa", SQL_STREAM["multa"])),
+            (PrestamoRow(*row) for row in self.stream("prestamo", SQL_STREAM["prestamo"])),
+            (PagoRow(*row) for row in self.stream("pago", SQL_STREAM["pago"])),
+        )
+
+    def check_shadow(self) -> tuple[list[Discrepancy], dict[str, Any]]:
+        """Per-junta counts and sums, then row-by-row differences, legacy versus shadow."""
+        if self.params["method"] == "sql":
+            legacy = self._figures(SQL_SHADOW["legacy_loans"], SQL_SHADOW["legacy_payments"])
+        else:
+            legacy = legacy_shadow_figures(
+                (PrestamoRow(*row) for row in self.stream("shadow_prestamo", SQL_STREAM["prestamo"])),
+                (PagoRow(*row) for row in self.stream("shadow_pago", SQL_STREAM["pago"])),
+            )
+        shadow = self._figures(SQL_SHADOW["shadow_loans"], SQL_SHADOW["shadow_payments"])
+        found = compare_shadow(legacy, shadow)
+        for field, sql in SQL_SHADOW_ROWS:
+            for junta_id, count in self.query(sql):
+                found.append(Discrepancy(junta_id, field, ZERO, Decimal(count), "count"))
+        found.sort(key=lambda d: (d.junta_id, d.field))
+        summary = {
+            "checked": True,
+            "legacy": _figures_total(legacy.values()),
+            "shadow": _figures_total(shadow.values()),
+            "discrepancy_count": len(found),
+        }
+        return found, summary
+
+    def _figures(self, loans_sql: str, payments_sql: str) -> dict[str, ShadowFigures]:
+        # A NULL amount sum counts as zero here; the row-by-row checks report NULL amounts themselves.
+        loans = {row[0]: (row[1], row[2] or ZERO) for row in self.query(loans_sql)}
+        payments = {row[0]: (row[1], row[2] or ZERO) for row in self.query(payments_sql)}
+        return {
+            junta_id: ShadowFigures(
+                loan_count=loans.get(junta_id, (0, ZERO))[0],
+                loan_amount=loans.get(junta_id, (0, ZERO))[1],
+                payment_count=payments.get(junta_id, (0, ZERO))[0],
+                payment_amount=payments.get(junta_id, (0, ZERO))[1],
+            )
+            for junta_id in set(loans) | set(payments)
+        }
+
+    def summary(self) -> str:
+        """One line for operators: no discrepancies, or the first few, cent-exact, and how many more."""
+        found = self._found
+        if not found:
+            return "capital_check found no discrepancies (exact to the cent)"
+        shown = "; ".join(str(d) for d in found[:MESSAGE_DISCREPANCIES])
+        more = len(found) - MESSAGE_DISCREPANCIES
+        tail = f"; and {more} more (see discrepancies)" if more > 0 else ""
+        return f"capital_check found {len(found)} discrepancies (exact to the cent): {shown}{tail}"
+
+
+def _figures_total(figures: Any) -> dict[str, Any]:
+    """Sum per-junta shadow figures: counts as ints, money as strings."""
+    items = list(figures)
+    return {
+        "loan_count": sum(f.loan_count for f in items),
+        "loan_amount": money_str(sum((f.loan_amount for f in items), ZERO)),
+        "payment_count": sum(f.payment_count for f in items),
+        "payment_amount": money_str(sum((f.payment_amount for f in items), ZERO)),
+    }
+
+
+def argument_spec() -> dict[str, Any]:
+    """Options: the check's own plus the shared connection options (module_utils/pg.py)."""
+    return {
+        "method": {"type": "str", "choices": ["sql", "python"], "default": "sql"},
+        "fail_on_discrepancy": {"type": "bool", "default": True},
+        "check_shadow": {"type": "bool", "default": True},
+        "check_function": {"type": "bool", "default": True},
+        "max_discrepancies": {"type": "int", "default": 1000},
+        "lock_timeout": {"type": "str", "default": "10s"},
+        **connection_argument_spec(),
+    }
+
+
+def main() -> None:
+    """Thin entry point: the checker does the work; read-only, so check mode behaves the same."""
+    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
+    base: dict[str, Any] = {
+        "changed": False,
+        "method": module.params["method"],
+        "discrepancies": [],
+        "discrepancy_count": 0,
+    }
+    if not HAS_PSYCOPG2:
+        module.fail_json(msg=missing_required_lib("psycopg2"), exception=PSYCOPG2_IMPORT_ERROR, **base)
+    if module.params["max_discrepancies"] < 1:
+        module.fail_json(msg="max_discrepancies must be at least 1", **base)
+    checker = CapitalChecker(module)
+    try:
+        checker.connect()
+        result = checker.run()
+    except CheckError as exc:
+        module.fail_json(msg=f"capital_check: {exc}", executed_queries=checker.executed_queries, **base)
+    except psycopg2.Error as exc:
+        module.fail_json(
+            msg=f"capital_check: a query failed: {str(exc).strip()}",
+            sqlstate=getattr(exc, "pgcode", None),
+            executed_queries=checker.executed_queries,
+            **base,
+        )
+    except ValueError as exc:
+        # The python method refuses amounts PostgreSQL cannot store as NUMERIC(14,2) (NaN, infinity, huge).
+        module.fail_json(msg=f"capital_check: {exc}", executed_queries=checker.executed_queries, **base)
+    finally:
+        checker.close()
+    base.update(result, executed_queries=checker.executed_queries, summary=checker.summary())
+    if base["discrepancy_count"] and module.params["fail_on_discrepancy"]:
+        module.fail_json(msg=base["summary"], **base)
+    module.exit_json(msg=base["summary"], **base)
+
+
+if __name__ == "__main__":
+    main()
