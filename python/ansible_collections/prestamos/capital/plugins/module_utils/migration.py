@@ -213,10 +213,14 @@ def parse_order(main_text: str) -> list[str]:
 
 
 def sql_checksum(texts_in_order: Iterable[str]) -> str:
-    """sha256 over the texts in order, each followed by a NUL byte (so moving text between files counts)."""
+    """sha256 over the texts in order, each followed by a NUL byte (so moving text between files counts).
+
+    Trailing whitespace is not part of the checksum: Ansible's file lookup strips it, a file read from disk
+    keeps it, and both must agree on whether a database has drifted.
+    """
     digest = hashlib.sha256()
     for text in texts_in_order:
-        digest.update(text.encode("utf-8"))
+        digest.update(text.rstrip().encode("utf-8"))
         digest.update(b"\0")
     return digest.hexdigest()
 

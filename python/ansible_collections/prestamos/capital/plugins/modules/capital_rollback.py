@@ -93,21 +93,21 @@ lock_held:
   type: bool
 """
 
-import traceback  # noqa: E402 - Ansible modules put DOCUMENTATION/EXAMPLES/RETURN first
-from typing import Any  # noqa: E402
+import traceback
+from typing import Any
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib  # noqa: E402
-from ansible_collections.prestamos.capital.plugins.module_utils.migration import (  # noqa: E402
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible_collections.prestamos.capital.plugins.module_utils.migration import (
     MigrationError,
     Options,
 )
-from ansible_collections.prestamos.capital.plugins.module_utils.pg import (  # noqa: E402
+from ansible_collections.prestamos.capital.plugins.module_utils.pg import (
     HAS_PSYCOPG2,
     PSYCOPG2_IMPORT_ERROR,
     connect,
     connection_argument_spec,
 )
-from ansible_collections.prestamos.capital.plugins.module_utils.rollback import Reverter  # noqa: E402
+from ansible_collections.prestamos.capital.plugins.module_utils.rollback import Reverter
 
 
 def argument_spec() -> dict[str, Any]:

@@ -1,0 +1,317 @@
+# Copyright: prestamos capital-tracking project
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Callback that writes the capital migration run report (JSON + Markdown) from Ansible's events."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+name: capital_report
+type: notification
+short_description: Write the capital migration run report (JSON and Markdown)
+description:
+  - Builds the run report of a capital-tracking migration from Ansible's events, for plain
+    C(ansible-playbook) runs, AWX and the C(capital-migrate) CLI alike.
+  - The stage timeline comes from task names prefixed C(<stage> | ...); failures carry their messages;
+    the data of the stages is the merged C(capital_report) custom stats (C(ansible.builtin.set_stats)).
+  - Writes C(<report_dir>/<UTC timestamp>-<env>-<run id>.json) and C(.md), mode 0600, with every
+    secret redacted (values under keys like password/secret/passwd/PGPASSWORD, and the literal values
+    of PGPASSWORD, DATABASE_URL's password, the passwords in PGPASSFILE and C(capital_db_password)).
+requirements:
+  - enable in ansible.cfg (C(callbacks_enabled = prestamos.capital.capital_report)) or with
+    E(ANSIBLE_CALLBACKS_ENABLED)
+options:
+  report_dir:
+    description:
+      - Directory for the reports (created 0700 if missing).
+      - The variable C(capital_report_dir) (inventory, extra var or set_stats) wins when present.
+    type: path
+    default: ./reports
+    env:
+      - name: CAPITAL_REPORT_DIR
+    ini:
+      - section: capital_report
+        key: report_dir
+  run_id:
+    description: Identifier of the run, part of the file names; a random one when unset.
+    type: str
+    env:
+      - name: CAPITAL_RUN_ID
+    ini:
+      - section: capital_report
+        key: run_id
+  index_file:
+    description:
+      - When set, the paths of the written report are also written to this file as JSON (keys
+        C(json) and C(markdown)), so an orchestrator such as C(capital-migrate) finds them.
+    type: path
+    env:
+      - name: CAPITAL_REPORT_INDEX
+"""
+
+import json
+import os
+import re
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from ansible.plugins.callback import CallbackBase
+from ansible_collections.prestamos.capital.plugins.plugin_utils.report import (
+    REPORT_FORMAT,
+    deep_merge,
+    redact,
+    render_markdown,
+    secret_literals,
+    stage_of,
+    write_private,
+)
+
+# Variables read from the play (templated) once per play: where to write, what to call the run.
+_PLAY_VARS = ("capital_report_dir", "capital_env", "capital_db_password")
+# Task-name prefixes that are the play's own bookkeeping, not stages of the timeline.
+_NOT_STAGES = frozenset({"run", "connection"})
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z" if moment else None
+
+
+class CallbackModule(CallbackBase):
+    """Collects the stage timeline and the stages' data; writes the report when the playbook ends."""
+
+    CALLBACK_VERSION = 2.0
+    CALLBACK_TYPE = "notification"
+    CALLBACK_NAME = "prestamos.capital.capital_report"
+    CALLBACK_NEEDS_ENABLED = True
+
+    def __init__(self, display: Any = None) -> None:
+        super().__init__(display=display)
+        self._started = _now()
+        self._playbook = ""
+        self._stages: dict[str, dict[str, Any]] = {}
+        self._current: str | None = None
+        self._failures: list[dict[str, Any]] = []
+        self._warnings: list[str] = []
+        self._vars: dict[str, Any] = {}
+        self._written: list[str] = []
+
+    # Every hook funnels into _event(kind, ...), like community.general.log_plays.
+    def v2_playbook_on_start(self, playbook: Any) -> None:
+        self._event("playbook_start", playbook=playbook)
+
+    def v2_playbook_on_play_start(self, play: Any) -> None:
+        self._event("play_start", play=play)
+
+    def v2_playbook_on_task_start(self, task: Any, is_conditional: bool) -> None:
+        self._event("task_start", task=task)
+
+    def v2_playbook_on_handler_task_start(self, task: Any) -> None:
+        self._event("task_start", task=task)
+
+    def v2_runner_on_ok(self, result: Any) -> None:
+        self._event("ok", result=result)
+
+    def v2_runner_on_failed(self, result: Any, ignore_errors: bool = False) -> None:
+        self._event("ignored" if ignore_errors else "failed", result=result)
+
+    def v2_runner_on_unreachable(self, result: Any) -> None:
+        self._event("unreachable", result=result)
+
+    def v2_runner_on_skipped(self, result: Any) -> None:
+        self._event("skipped", result=result)
+
+    def v2_playbook_on_stats(self, stats: Any) -> None:
+        self._event("stats", stats=stats)
+
+    # ------------------------------------------------------------------------------------ internals
+
+    def _event(self, kind: str, **info: Any) -> None:
+        """Record one event; never let a report problem break the migration run itself."""
+        try:
+            getattr(self, f"_on_{kind}")(**info)
+        except Exception as exc:
+            self._display.warning(f"capital_report: could not record {kind}: {type(exc).__name__}: {exc}")
+
+    def _on_playbook_start(self, playbook: Any) -> None:
+        self._playbook = os.path.basename(getattr(playbook, "_file_name", "") or "")
+
+    def _on_play_start(self, play: Any) -> None:
+        manager = play.get_variable_manager()
+        loader = getattr(play, "_loader", None)
+        hosts = []
+        inventory = getattr(manager, "_inventory", None)
+        if inventory is not None:
+            hosts = inventory.get_hosts(play.hosts) or []
+        variables = manager.get_vars(play=play, host=hosts[0] if hosts else None)
+        from ansible.template import Templar
+
+        templar = Templar(loader=loader, variables=variables)
+        for name in _PLAY_VARS:
+            if name in variables:
+                try:
+                    value = templar.template(variables[name])
+                except Exception:  # noqa: S112 - an unresolvable variable is simply unknown to the report
+                    continue
+                if value not in (None, ""):
+                    self._vars[name] = str(value)
+
+    def _on_task_start(self, task: Any) -> None:
+        split = stage_of(task.get_name())
+        if split is None or split[0] in _NOT_STAGES:
+            return
+        stage = split[0]
+        now = _now()
+        entry = self._stages.setdefault(
+            stage, {"name": stage, "started": now, "finished": now, "outcome": "ok", "tasks": 0}
+        )
+        entry["finished"] = now
+        entry["tasks"] += 1
+        self._current = stage
+
+    def _result_stage(self, result: Any) -> str | None:
+        split = stage_of(result._task.get_name())
+        return split[0] if split else self._current
+
+    def _touch(self, result: Any) -> str | None:
+        stage = self._result_stage(result)
+        if stage in self._stages:
+            self._stages[stage]["finished"] = _now()
+        return stage
+
+    def _on_ok(self, result: Any) -> None:
+        self._touch(result)
+        self._collect_warnings(result)
+
+    def _on_skipped(self, result: Any) -> None:
+        self._touch(result)
+
+    def _on_ignored(self, result: Any) -> None:
+        self._touch(result)
+        self._collect_warnings(result)
+
+    def _on_failed(self, result: Any) -> None:
+        stage = self._touch(result)
+        if stage in self._stages:
+            self._stages[stage]["outcome"] = "failed"
+            self._stages[stage].setdefault("failed_task", result._task.get_name())
+        res = result._result if isinstance(result._result, dict) else {}
+        if res.get("_ansible_no_log") or res.get("censored"):
+            message = "(output hidden by no_log; rerun with capital_no_log=false on a throwaway database)"
+            message = res.get("msg") if res.get("msg") and "censored" not in str(res.get("msg")) else message
+        else:
+            message = res.get("msg") or res.get("stderr") or res.get("reason") or ""
+            if not message and res.get("results"):
+                message = "; ".join(
+                    str(r.get("msg", "")) for r in res["results"] if isinstance(r, dict) and r.get("failed")
+                )
+        self._failures.append(
+            {
+                "stage": stage,
+                "task": result._task.get_name(),
+                "host": result._host.get_name(),
+                "message": str(message).strip()[:4000],
+            }
+        )
+        self._collect_warnings(result)
+
+    def _on_unreachable(self, result: Any) -> None:
+        self._on_failed(result)
+
+    def _collect_warnings(self, result: Any) -> None:
+        res = result._result if isinstance(result._result, dict) else {}
+        for warning in res.get("warnings") or []:
+            self._warnings.append(str(warning))
+
+    def _on_stats(self, stats: Any) -> None:
+        custom = getattr(stats, "custom", {}) or {}
+        merged: dict[str, Any] = {}
+        for scope in ("_run", *sorted(k for k in custom if k != "_run")):
+            value = custom.get(scope)
+            if isinstance(value, dict):
+                deep_merge(merged, value)
+        data = merged.get("capital_report") if isinstance(merged.get("capital_report"), dict) else {}
+        hosts = {host: stats.summarize(host) for host in sorted(set(stats.processed.keys()))}
+        report = self._build(data, hosts, merged)
+        literals = secret_literals(os.environ, [self._vars.get("capital_db_password")])
+        safe = redact(report, literals)
+        self._write(safe, merged)
+
+    def _build(self, data: dict[str, Any], hosts: dict[str, Any], merged: dict[str, Any]) -> dict[str, Any]:
+        finished = _now()
+        stages = []
+        for entry in sorted(self._stages.values(), key=lambda e: e["started"]):
+            stages.append(
+                {
+                    "name": entry["name"],
+                    "started_at": _iso(entry["started"]),
+                    "finished_at": _iso(entry["finished"]),
+                    "duration_s": round((entry["finished"] - entry["started"]).total_seconds(), 3),
+                    "outcome": entry["outcome"],
+                    "tasks": entry["tasks"],
+                    **({"failed_task": entry["failed_task"]} if "failed_task" in entry else {}),
+                }
+            )
+        run = data.get("run") if isinstance(data.get("run"), dict) else {}
+        failed_hosts = any(h.get("failures") or h.get("unreachable") for h in hosts.values())
+        outcome = run.get("outcome") or ("failed" if failed_hosts else "success")
+        failed_stage = run.get("failed_stage") or next(
+            (s["name"] for s in stages if s["outcome"] == "failed"), None
+        )
+        cause = run.get("cause") or (
+            self._failures[0]["message"] if self._failures and outcome != "success" else None
+        )
+        env = data.get("env") or run.get("env") or self._vars.get("capital_env") or "unknown"
+        return {
+            "format": REPORT_FORMAT,
+            "run_id": self._run_id(),
+            "env": str(env),
+            "playbook": self._playbook,
+            "started_at": _iso(self._started),
+            "finished_at": _iso(finished),
+            "duration_s": round((finished - self._started).total_seconds(), 3),
+            "outcome": outcome,
+            "failed_stage": failed_stage,
+            "cause": cause,
+            "stages": stages,
+            "failures": self._failures,
+            "warnings": self._warnings,
+            "hosts": hosts,
+            "data": data,
+        }
+
+    def _run_id(self) -> str:
+        if not hasattr(self, "_run_id_value"):
+            configured = self.get_option("run_id") if self._plugin_options_set() else None
+            self._run_id_value = re.sub(r"[^A-Za-z0-9_.-]", "_", configured or uuid.uuid4().hex[:12])
+        return self._run_id_value
+
+    def _plugin_options_set(self) -> bool:
+        try:
+            self.get_option("run_id")
+        except KeyError:
+            return False
+        return True
+
+    def _report_dir(self, merged: dict[str, Any]) -> str:
+        chosen = merged.get("capital_report_dir") or self._vars.get("capital_report_dir")
+        if not chosen and self._plugin_options_set():
+            chosen = self.get_option("report_dir")
+        return os.path.abspath(os.path.expanduser(str(chosen or "./reports")))
+
+    def _write(self, report: dict[str, Any], merged: dict[str, Any]) -> None:
+        directory = self._report_dir(merged)
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        stamp = self._started.strftime("%Y%m%dT%H%M%SZ")
+        env = re.sub(r"[^A-Za-z0-9_.-]", "_", report["env"])
+        base = os.path.join(directory, f"{stamp}-{env}-{report['run_id']}")
+        write_private(base + ".json", json.dumps(report, indent=2, sort_keys=True, default=str) + "\n")
+        write_private(base + ".md", render_markdown(report))
+        self._written = [base + ".json", base + ".md"]
+        index = self.get_option("index_file") if self._plugin_options_set() else None
+        if index:
+            write_private(str(index), json.dumps({"json": base + ".json", "markdown": base + ".md"}) + "\n")
+        self._display.display(f"capital_report: wrote {base}.json and .md")

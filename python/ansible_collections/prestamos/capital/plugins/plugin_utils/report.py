@@ -1,0 +1,498 @@
+"""The run report: redaction and rendering, shared by the callback and the CLI.
+
+Plain Python (no Ansible imports) so the callback `prestamos.capital.capital_report` and
+`capital-migrate report` render the same report the same way; the CLI loads this file by path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterable, Mapping
+from decimal import Decimal, InvalidOperation
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+REPORT_FORMAT = "capital-report/1"
+REDACTED = "********"
+# Any value under a key like these is a secret, whatever it holds.
+SECRET_KEY_RE = re.compile(r"pass(word|wd)|secret|pgpassword", re.IGNORECASE)
+# postgres://user:secret@host -> postgres://user:********@host, for URLs nobody told us about.
+URL_PASSWORD_RE = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^:/?#@\s]*:)([^@/\s]+)(@)", re.IGNORECASE)
+STAGE_RE = re.compile(r"^(?:[\w.]+ : )?([a-z][a-z0-9_]*) \| (.+)$", re.DOTALL)
+STAGE_ORDER = ("preflight", "plan", "backup", "migrate", "verify", "rollback")
+
+
+def stage_of(task_name: str) -> tuple[str, str] | None:
+    """Split `backup | Dump the database` into ("backup", "Dump the database"); None if unprefixed."""
+    match = STAGE_RE.match(task_name.strip())
+    if not match:
+        return None
+    return match.group(1), match.group(2)
+
+
+def url_password(url: str) -> str | None:
+    """The password inside a libpq URL, if any (percent-decoded, as libpq would use it)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return None
+    return unquote(parts.password) if parts.password else None
+
+
+def pgpass_passwords(path: str) -> list[str]:
+    """Passwords in a pgpass file (the last field of each line, with libpq's escapes undone)."""
+    found: list[str] = []
+    try:
+        with open(path, encoding="utf-8") as handle:
+            lines = handle.read().splitlines()
+    except OSError:
+        return found
+    for line in lines:
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        fields: list[str] = []
+        current = ""
+        escaped = False
+        for char in line:
+            if escaped:
+                current += char
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == ":" and len(fields) < 4:
+                fields.append(current)
+                current = ""
+            else:
+                current += char
+        if len(fields) == 4 and current:
+            found.append(current)
+    return found
+
+
+def secret_literals(environ: Mapping[str, str], extra: Iterable[str | None] = ()) -> list[str]:
+    """Every secret value we can know of: PGPASSWORD, DATABASE_URL's password, PGPASSFILE's, extras."""
+    values: list[str | None] = [environ.get("PGPASSWORD"), *extra]
+    if environ.get("DATABASE_URL"):
+        values.append(url_password(environ["DATABASE_URL"]))
+    if environ.get("PGPASSFILE"):
+        values.extend(pgpass_passwords(environ["PGPASSFILE"]))
+    # Longest first, so a password that contains another is replaced whole.
+    return sorted({v for v in values if isinstance(v, str) and v}, key=len, reverse=True)
+
+
+def redact_text(text: str, literals: Iterable[str]) -> str:
+    """Replace known secret values and URL passwords inside free text."""
+    for literal in literals:
+        text = text.replace(literal, REDACTED)
+    return URL_PASSWORD_RE.sub(lambda m: m.group(1) + REDACTED + m.group(3), text)
+
+
+def redact(value: Any, literals: Iterable[str]) -> Any:
+    """A deep copy of `value` with secret-named keys masked and secret literals replaced everywhere."""
+    literal_list = list(literals)
+    if isinstance(value, Mapping):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            skey = redact_text(str(key), literal_list)
+            if SECRET_KEY_RE.search(str(key)) and item not in (None, "", False):
+                out[skey] = REDACTED
+            else:
+                out[skey] = redact(item, literal_list)
+        return out
+    if isinstance(value, list | tuple):
+        return [redact(item, literal_list) for item in value]
+    if isinstance(value, str):
+        return redact_text(value, literal_list)
+    return value
+
+
+def deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """Merge `extra` into `base` recursively (dicts merge, anything else is replaced)."""
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
+            deep_merge(base[key], value)
+        else:
+            base[key] = json.loads(json.dumps(value, default=str)) if isinstance(value, Mapping) else value
+    return base
+
+
+def write_private(path: str, text: str) -> None:
+    """Write a file that only its owner can read, created 0600 (never world-readable, not even briefly)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+
+
+# ---------------------------------------------------------------------------- rendering helpers
+
+
+def _fmt_duration(seconds: Any) -> str:
+    try:
+        value = float(seconds)
+    except (TypeError, ValueError):
+        return "-"
+    if value < 60:
+        return f"{value:.1f}s"
+    minutes, secs = divmod(round(value), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+def _money(value: Any) -> str:
+    """Exact money as text with thousands separators; never through float."""
+    dec = _decimal(value)
+    return "-" if dec is None else f"{dec:,.2f}"
+
+
+def _decimal(value: Any) -> Decimal | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        return Decimal(str(value))
+    except (InvalidOperation, ValueError):
+        return None
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, dict | list):
+        value = json.dumps(value, default=str, sort_keys=True)
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _table(headers: list[str], rows: list[list[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
+    return lines
+
+
+def checks(report: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Preflight checks as a list of {name, status, value, detail}, whichever shape the role used."""
+    raw = (report.get("data") or {}).get("preflight", {}).get("checks")
+    out: list[dict[str, Any]] = []
+    if isinstance(raw, Mapping):
+        for name, item in raw.items():
+            if isinstance(item, Mapping):
+                out.append({"name": name, **item})
+            else:
+                out.append({"name": name, "status": item})
+    elif isinstance(raw, list):
+        out = [dict(item) for item in raw if isinstance(item, Mapping)]
+    for item in out:
+        item.setdefault("status", item.get("result", ""))
+        item.setdefault("detail", item.get("msg") or item.get("message") or "")
+    return out
+
+
+def capital_rows(report: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Per-junta capital before/after as [{junta_id, name, before, after}], from the verify stage data."""
+    data = report.get("data") or {}
+    verify = data.get("verify") or {}
+    raw = verify.get("capital")
+    rows: dict[str, dict[str, Any]] = {}
+
+    def absorb(source: Any, field: str) -> None:
+        if isinstance(source, Mapping):
+            for junta, value in source.items():
+                entry = rows.setdefault(str(junta), {"junta_id": str(junta)})
+                if isinstance(value, Mapping):
+                    entry.update({k: v for k, v in value.items() if k != "junta_id"})
+                else:
+                    entry[field] = value
+        elif isinstance(source, list):
+            for item in source:
+                if isinstance(item, Mapping) and "junta_id" in item:
+                    entry = rows.setdefault(str(item["junta_id"]), {"junta_id": str(item["junta_id"])})
+                    for key, value in item.items():
+                        if key in ("before", "after", "name"):
+                            entry[key] = value
+                        elif key not in ("junta_id",):
+                            entry.setdefault(field if key in ("capital", "amount", "total") else key, value)
+
+    if isinstance(raw, list | Mapping):
+        absorb(raw, "after")
+    absorb(verify.get("capital_before") or (data.get("preflight") or {}).get("capital_before"), "before")
+    absorb(verify.get("capital_after"), "after")
+    return sorted(rows.values(), key=lambda r: (str(r.get("name") or ""), r["junta_id"]))
+
+
+def _rows_backfilled(report: Mapping[str, Any]) -> tuple[int | None, dict[str, Any]]:
+    migrate = (report.get("data") or {}).get("migrate") or {}
+    raw = migrate.get("rows_backfilled")
+    if isinstance(raw, Mapping):
+        total = 0
+        for value in raw.values():
+            try:
+                total += int(value)
+            except (TypeError, ValueError):
+                pass
+        return total, dict(raw)
+    try:
+        return (int(raw), {}) if raw is not None else (None, {})
+    except (TypeError, ValueError):
+        return None, {}
+
+
+def backup_info(report: Mapping[str, Any]) -> dict[str, Any]:
+    """{path, sha256, size_bytes} of the run's backup, if the backup stage reported one."""
+    backup = (report.get("data") or {}).get("backup") or {}
+    manifest = backup.get("manifest") if isinstance(backup.get("manifest"), Mapping) else {}
+    return {
+        "path": backup.get("path") or backup.get("file") or manifest.get("path"),
+        "sha256": backup.get("sha256") or manifest.get("sha256"),
+        "size_bytes": backup.get("size_bytes") or backup.get("size") or manifest.get("size_bytes"),
+    }
+
+
+OUTCOME_WORDS = {
+    "success": "SUCCESS",
+    "rolled_back": "FAILED - ROLLED BACK (database as before)",
+    "rollback_failed": "ROLLBACK FAILED - NEEDS A HUMAN",
+    "preflight_refused": "REFUSED BY PREFLIGHT (nothing changed)",
+    "drift": "DRIFT DETECTED",
+    "lock_held": "LOCK HELD BY ANOTHER RUN (nothing changed)",
+    "failed": "FAILED",
+}
+
+
+def render_markdown(report: Mapping[str, Any]) -> str:
+    """The report as Markdown: what a DBA pastes into a change ticket."""
+    data: Mapping[str, Any] = report.get("data") or {}
+    lines = [
+        f"# Capital migration run `{report.get('run_id', '?')}` ({report.get('env') or 'unknown env'})",
+        "",
+    ]
+    outcome = str(report.get("outcome") or "unknown")
+    lines += [
+        f"- **Outcome:** {OUTCOME_WORDS.get(outcome, outcome.upper())}",
+        f"- **Playbook:** `{report.get('playbook', '')}`",
+        f"- **Started:** {report.get('started_at', '')} UTC, **finished:** {report.get('finished_at', '')} UTC"
+        f" ({_fmt_duration(report.get('duration_s'))})",
+    ]
+    if report.get("failed_stage"):
+        lines.append(f"- **Failed stage:** {report['failed_stage']}")
+    if report.get("cause"):
+        lines.append(f"- **Cause:** {_cell(report['cause'])}")
+    lines.append("")
+
+    lines += ["## Stages", ""]
+    stage_rows = [
+        [
+            s.get("name"),
+            s.get("started_at"),
+            _fmt_duration(s.get("duration_s")),
+            s.get("outcome"),
+            s.get("tasks"),
+        ]
+        for s in report.get("stages") or []
+    ]
+    lines += (
+        _table(["stage", "started (UTC)", "duration", "outcome", "tasks"], stage_rows)
+        if stage_rows
+        else ["No stage ran."]
+    )
+    lines.append("")
+
+    if report.get("failures"):
+        lines += ["## Failures", ""]
+        for failure in report["failures"]:
+            lines.append(
+                f"- **{failure.get('stage') or '-'}** / {failure.get('task')} on {failure.get('host')}: "
+                f"{_cell(failure.get('message'))}"
+            )
+        lines.append("")
+
+    check_list = checks(report)
+    if check_list:
+        lines += ["## Checks", ""]
+        lines += _table(
+            ["check", "result", "value", "detail"],
+            [[c.get("name"), c.get("status"), c.get("value"), c.get("detail")] for c in check_list],
+        )
+        lines.append("")
+
+    backup = backup_info(report)
+    if backup["path"]:
+        lines += ["## Backup", "", f"- File: `{backup['path']}`", f"- sha256: `{backup['sha256'] or '-'}`"]
+        if backup["size_bytes"] is not None:
+            lines.append(f"- Size: {backup['size_bytes']} bytes")
+        lines.append("")
+
+    migrate = data.get("migrate") or {}
+    total, per_source = _rows_backfilled(report)
+    if migrate:
+        lines += ["## Migration", ""]
+        for key in ("state_before", "state_after", "changed"):
+            if key in migrate:
+                lines.append(f"- {key.replace('_', ' ').capitalize()}: {_cell(migrate[key])}")
+        if total is not None:
+            detail = ", ".join(f"{k}: {v}" for k, v in per_source.items())
+            lines.append(f"- Rows backfilled: {total}" + (f" ({detail})" if detail else ""))
+        lines.append(f"- Lock retries: {migrate.get('lock_retries', 0)}")
+        lines.append("")
+
+    totals = capital_totals(report)
+    if totals:
+        lines += ["## Capital totals", ""]
+        lines += _table(["figure", "recomputed from the legacy rows", "recorded after the migration"],
+                        [[name, _money(expected), _money(recorded)] for name, expected, recorded in totals])
+        lines.append("")
+    capital = capital_rows(report)
+    if capital:
+        lines += ["## Capital per junta", ""]
+        rows = []
+        for row in capital:
+            before, after = _decimal(row.get("before")), _decimal(row.get("after"))
+            change = f"{after - before:,.2f}" if before is not None and after is not None else ""
+            rows.append([row.get("name") or "", row["junta_id"], _money(before), _money(after), change])
+        lines += _table(["junta", "id", "before", "after", "change"], rows)
+        lines.append("")
+
+    preflight = data.get("preflight") or {}
+    counts = preflight.get("pre_migration_state") or preflight.get("counts")
+    if isinstance(counts, list) and counts and all(isinstance(c, Mapping) for c in counts):
+        headers = list(counts[0].keys())
+        lines += ["## Pre-migration state (per junta)", ""]
+        lines += _table(headers, [[c.get(h) for h in headers] for c in counts])
+        lines.append("")
+
+    if report.get("warnings"):
+        lines += ["## Warnings", ""]
+        lines += [f"- {_cell(w)}" for w in report["warnings"]]
+        lines.append("")
+
+    if data:
+        lines += [
+            "## Stage data",
+            "",
+            "```json",
+            json.dumps(data, indent=2, sort_keys=True, default=str),
+            "```",
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def _stage_note(report: Mapping[str, Any], stage: str) -> str:
+    data = (report.get("data") or {}).get(stage) or {}
+    if stage == "backup":
+        info = backup_info(report)
+        if info["path"]:
+            sha = str(info["sha256"] or "")[:12]
+            return f"{os.path.basename(str(info['path']))}" + (f"  sha256 {sha}..." if sha else "")
+    if stage == "migrate" and data:
+        total, _ = _rows_backfilled(report)
+        parts = []
+        if total is not None:
+            parts.append(f"{total:,} rows backfilled")
+        if "lock_retries" in data:
+            parts.append(f"{data['lock_retries']} lock retries")
+        if data.get("state_after"):
+            parts.append(f"state {data['state_after']}")
+        return ", ".join(parts)
+    if stage == "preflight":
+        found = checks(report)
+        if found:
+            tally: dict[str, int] = {}
+            for check in found:
+                tally[str(check.get("status"))] = tally.get(str(check.get("status")), 0) + 1
+            return "checks: " + ", ".join(f"{n} {s}" for s, n in sorted(tally.items()))
+    if stage == "verify" and data:
+        parts = []
+        check = data.get("capital_check") if isinstance(data.get("capital_check"), Mapping) else {}
+        if "juntas_checked" in check:
+            parts.append(f"{check['juntas_checked']} juntas reconciled")
+        if "discrepancy_count" in check:
+            parts.append(f"{check['discrepancy_count']} discrepancies")
+        suite = data.get("sql_suite") if isinstance(data.get("sql_suite"), Mapping) else {}
+        if isinstance(suite.get("checks_passed"), list):
+            failed = suite.get("checks_failed") if isinstance(suite.get("checks_failed"), list) else []
+            parts.append(f"SQL suite {len(suite['checks_passed'])} passed, {len(failed)} failed")
+        if isinstance(data.get("failed_checks"), list) and data["failed_checks"]:
+            parts.append("failed: " + ", ".join(str(c) for c in data["failed_checks"]))
+        return ", ".join(parts)
+    if stage == "rollback" and data:
+        return ", ".join(f"{k}: {v}" for k, v in data.items() if isinstance(v, str | int | bool))[:80]
+    return ""
+
+
+def capital_totals(report: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
+    """[(figure, recomputed from the legacy rows, recorded in the database)] from the verify stage."""
+    verify = (report.get("data") or {}).get("verify") or {}
+    check = verify.get("capital_check") if isinstance(verify.get("capital_check"), Mapping) else {}
+    expected = check.get("totals") if isinstance(check.get("totals"), Mapping) else {}
+    recorded = check.get("totals_recorded") if isinstance(check.get("totals_recorded"), Mapping) else {}
+    names = [n for n in ("base_capital", "current_capital", "available_capital") if n in expected or n in recorded]
+    return [(name, expected.get(name), recorded.get(name)) for name in names]
+
+
+def render_text(report: Mapping[str, Any], title: str = "capital-migrate") -> str:
+    """The terminal summary: outcome first, one line per stage, capital totals, where the report is."""
+    outcome = str(report.get("outcome") or "unknown")
+    lines = [
+        f"{title}  env={report.get('env') or '?'}  run={report.get('run_id') or '?'}",
+        f"RESULT: {OUTCOME_WORDS.get(outcome, outcome.upper())}   ({_fmt_duration(report.get('duration_s'))})",
+    ]
+    if report.get("failed_stage") or report.get("cause"):
+        lines.append(
+            f"  failed stage: {report.get('failed_stage') or '-'}   cause: {report.get('cause') or '-'}"
+        )
+    stages = report.get("stages") or []
+    if stages:
+        lines.append("")
+        lines.append(f"  {'stage':<11}{'duration':>9}  {'outcome':<8} detail")
+        for stage in stages:
+            name = str(stage.get("name"))
+            lines.append(
+                f"  {name:<11}{_fmt_duration(stage.get('duration_s')):>9}  {stage.get('outcome', ''):<8} "
+                f"{_stage_note(report, name)}".rstrip()
+            )
+    capital = capital_rows(report)
+    if capital:
+        before = [d for d in (_decimal(r.get("before")) for r in capital) if d is not None]
+        after = [d for d in (_decimal(r.get("after")) for r in capital) if d is not None]
+        lines.append("")
+        text = f"  capital, {len(capital)} juntas:"
+        if before:
+            text += f"  before {sum(before, Decimal(0)):,.2f}"
+        if after:
+            text += f"  after {sum(after, Decimal(0)):,.2f}"
+        changed = sum(
+            1
+            for r in capital
+            if _decimal(r.get("before")) is not None
+            and _decimal(r.get("after")) is not None
+            and _decimal(r.get("before")) != _decimal(r.get("after"))
+        )
+        if before and after:
+            text += f"  ({changed} juntas differ)"
+        lines.append(text)
+    totals = capital_totals(report)
+    if totals:
+        lines.append("")
+        lines.append("  capital (all juntas)   recomputed from legacy rows   recorded after migration")
+        for name, expected, recorded in totals:
+            mark = "" if _decimal(expected) == _decimal(recorded) else "   <-- MISMATCH"
+            lines.append(f"  {name:<22}{_money(expected):>28}{_money(recorded):>27}{mark}")
+    failures = report.get("failures") or []
+    if failures:
+        lines.append("")
+        lines.append("  failures:")
+        for failure in failures[:5]:
+            lines.append(
+                f"    - [{failure.get('stage') or '-'}] {failure.get('task')}: {_cell(failure.get('message'))[:200]}"
+            )
+        if len(failures) > 5:
+            lines.append(f"    ... {len(failures) - 5} more in the report")
+    warnings = report.get("warnings") or []
+    if warnings:
+        lines.append("")
+        lines.append(f"  warnings ({len(warnings)}):")
+        lines += [f"    - {_cell(w)[:200]}" for w in warnings[:5]]
+    return "\n".join(lines)

@@ -1,0 +1,129 @@
+"""`capital-migrate status`: is the migration applied, partly applied, not applied or drifted; last run.
+
+Read-only. The state rules are the collection's (module_utils/migration.py, the same code the migrate
+module uses), so the CLI and the playbooks can never disagree about what "drifted" means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from capital_migrate import report as report_mod
+from capital_migrate.commands._common import Context, build_context, default_report_dir, emit_json, result_document
+from capital_migrate.errors import OperatorError
+from capital_migrate.exitcodes import DESCRIPTIONS, ExitCode
+
+STATE_CODES = {"drifted": ExitCode.DRIFT}
+
+
+def _migration_utils(root: Path) -> ModuleType:
+    """Load module_utils/migration.py by path (it has no Ansible imports at module level)."""
+    path = root / "python" / "ansible_collections" / "prestamos" / "capital" / "plugins" / "module_utils"
+    path = path / "migration.py"
+    name = "capital_migrate._migration_utils"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None or not path.is_file():
+        raise OperatorError(f"{path} is missing from this checkout; status cannot judge the migration state",
+                            ExitCode.FAILURE)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _expected_sha(utils: ModuleType, root: Path) -> str:
+    """Checksum of the migration SQL in this checkout, computed exactly as the migrate module does."""
+    try:
+        texts = utils.load_sql_dir(root / "files" / "sql")
+    except (OSError, utils.MigrationError) as exc:
+        raise OperatorError(f"cannot read the migration SQL in {root / 'files' / 'sql'}: {exc}",
+                            ExitCode.FAILURE) from None
+    return str(utils.sql_checksum(texts.values()))
+
+
+def _last_history(cur: Any) -> dict[str, Any] | None:
+    cur.execute("select to_regclass('public.capital_migration_history') is not null")
+    row = cur.fetchone()
+    if not row or not row[0]:
+        return None
+    cur.execute(
+        "select version, sql_sha256, outcome, applied_by, "
+        "to_char(started_at at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), "
+        "to_char(finished_at at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), duration_ms "
+        "from capital_migration_history order by id desc limit 1"
+    )
+    last = cur.fetchone()
+    if last is None:
+        return None
+    keys = ("version", "sql_sha256", "outcome", "applied_by", "started_at", "finished_at", "duration_ms")
+    return dict(zip(keys, last, strict=True))
+
+
+def read_status(ctx: Context) -> dict[str, Any]:
+    """Query the database (read-only transaction) and the report dir; nothing is changed."""
+    import psycopg2
+
+    utils = _migration_utils(ctx.root)
+    expected = _expected_sha(utils, ctx.root)
+    try:
+        conn = psycopg2.connect(connect_timeout=10, **ctx.target.connect_kwargs())
+    except psycopg2.Error as exc:
+        message = report_mod.redact_text(str(exc).strip(), [ctx.target.password or ""] if ctx.target.password else [])
+        raise OperatorError(f"cannot connect to {ctx.target.describe()}: {message}", ExitCode.FAILURE) from None
+    try:
+        conn.set_session(readonly=True, autocommit=False)
+        with conn.cursor() as cur:
+            state = utils.migration_state(cur, expected)
+            history = _last_history(cur)
+        conn.rollback()
+    finally:
+        conn.close()
+    state_name = state if isinstance(state, str) else (state.get("state") if isinstance(state, dict) else str(state))
+    latest = report_mod.latest(default_report_dir(ctx))
+    last_report = None
+    if latest is not None:
+        try:
+            data = report_mod.load(latest)
+            last_report = {"path": str(latest), "run_id": data.get("run_id"), "env": data.get("env"),
+                           "outcome": data.get("outcome"), "finished_at": data.get("finished_at")}
+        except OperatorError:
+            last_report = {"path": str(latest)}
+    return {
+        "state": state_name,
+        "detail": state if isinstance(state, dict) else {},
+        "expected_sql_sha256": expected,
+        "last_history": history,
+        "last_report": last_report,
+        "database": ctx.target.describe(),
+    }
+
+
+def run_status(args: argparse.Namespace) -> int:
+    """Print the state; exit 6 when drifted, 0 otherwise."""
+    ctx = build_context(args)
+    status = read_status(ctx)
+    code = STATE_CODES.get(str(status["state"]), ExitCode.SUCCESS)
+    if ctx.json:
+        doc = result_document(ctx, "status", code, None, {"status": status, "outcome": status["state"]})
+        emit_json(ctx, doc)
+        return int(code)
+    ctx.say(f"capital-migrate status  env={ctx.env_name}  database={status['database']}")
+    ctx.say(f"  migration state: {str(status['state']).upper()}")
+    history = status["last_history"]
+    if history:
+        ctx.say(f"  last history row: {history['outcome']} version {history['version']} at "
+                f"{history['finished_at'] or history['started_at']} by {history['applied_by']}")
+        if history["sql_sha256"] != status["expected_sql_sha256"]:
+            ctx.say(f"  applied sha256 {history['sql_sha256']}\n  files   sha256 {status['expected_sql_sha256']}")
+    if status["last_report"]:
+        rep = status["last_report"]
+        ctx.say(f"  last report: {rep.get('outcome')} ({rep.get('env')}, run {rep.get('run_id')}) {rep['path']}")
+    ctx.say(f"exit {int(code)}: {DESCRIPTIONS[code]}")
+    return int(code)

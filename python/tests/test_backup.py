@@ -1,0 +1,231 @@
+"""Backup: real pg_dump through the real playbook, verified, 0600 in 0700, rotated, never overwritten."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import stat
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from capital_migrate.pgtmp import Database
+from playbook_support import ROOT, PlaybookRun, playbook_env, run_playbook
+
+PLAYBOOK = "playbooks/backup.yml"
+BASELINE = ROOT / "files" / "sql" / "baseline" / "baseline_schema.sql"
+LEGACY = ("Junta", "Accion", "Multa", "Prestamo", "PagoPrestamo", "User")
+SEED = """
+INSERT INTO "User" (id, full_name) SELECT 'u' || g, 'Member ' || g FROM generate_series(1, 20) g;
+INSERT INTO "Junta" (id, name, fecha_inicio, created_by_id)
+  SELECT 'j' || g, 'Junta ' || g, TIMESTAMP '2024-01-01', 'u' || g FROM generate_series(1, 4) g;
+INSERT INTO "Accion" (id, type, amount, created_at, junta_id, member_id)
+  SELECT 'a' || g, 'COMPRA', 0.1 + 0.2, TIMESTAMP '2024-01-02', 'j' || (1 + g % 4), 'u' || (1 + g % 20)
+    FROM generate_series(1, 40) g;
+INSERT INTO "Prestamo" (id, amount, status, created_at, updated_at, junta_id, member_id)
+  SELECT 'p' || g, 10, 'APPROVED', TIMESTAMP '2024-03-01', TIMESTAMP '2024-03-01', 'j' || (1 + g % 4), 'u' || g
+    FROM generate_series(1, 7) g;
+INSERT INTO "PagoPrestamo" (id, amount, date, prestamo_id)
+  SELECT 'g' || g, 1.5, TIMESTAMP '2024-04-01', 'p' || (1 + g % 7) FROM generate_series(1, 9) g;
+INSERT INTO "Multa" (id, amount, description, status, created_at, junta_id, member_id)
+  VALUES ('m1', 5, 'late', 'PAID', TIMESTAMP '2024-02-01', 'j1', 'u1');
+"""
+NAME = re.compile(r"^(?P<env>[a-z]+)-(?P<db>.+)-(?P<stamp>\d{8}T\d{6}Z)\.dump$")
+
+
+def _execute(db: Database, sql: str) -> None:
+    conn = db.connect()
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute(sql)
+    finally:
+        conn.close()
+
+
+def _scalar(db: Database, sql: str) -> Any:
+    conn = db.connect()
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute(sql)
+            return cur.fetchone()[0]
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def seeded_db(pg_db: Database) -> Database:
+    _execute(pg_db, BASELINE.read_text(encoding="utf-8"))
+    _execute(pg_db, SEED)
+    return pg_db
+
+
+def backup(db: Database, backup_dir: Path, report_dir: Path, args: list[str] | None = None,
+           **extravars: Any) -> PlaybookRun:
+    return run_playbook(PLAYBOOK, playbook_env(db.env),
+                        {"capital_backup_dir": str(backup_dir), "capital_report_dir": str(report_dir), **extravars},
+                        args=args or [])
+
+
+def dumps(backup_dir: Path) -> list[Path]:
+    return sorted(p for p in backup_dir.iterdir() if p.name.endswith(".dump"))
+
+
+def test_backup_is_private_verified_and_described_by_its_manifest(seeded_db: Database, tmp_path: Path) -> None:
+    backup_dir, report_dir = tmp_path / "deep" / "backups", tmp_path / "reports"
+
+    run = backup(seeded_db, backup_dir, report_dir, args=["-vvv"])
+
+    assert run.rc == 0, run.output
+    assert seeded_db.env["PGPASSWORD"] not in run.output
+    for directory in (backup_dir, report_dir):
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+    [dump] = dumps(backup_dir)
+    match = NAME.match(dump.name)
+    assert match and match["env"] == "local" and match["db"] == seeded_db.name
+    manifest_path = dump.with_name(dump.name + ".manifest.json")
+    for path in (dump, manifest_path):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    assert manifest["sha256"] == hashlib.sha256(dump.read_bytes()).hexdigest()
+    assert manifest["size"] == dump.stat().st_size
+    assert manifest["database"] == seeded_db.name and manifest["capital_env"] == "local"
+    assert manifest["server_version"] == _scalar(seeded_db, "SHOW server_version")
+    assert manifest["pg_dump_version"].startswith("pg_dump (PostgreSQL)")
+    assert manifest["row_counts"] == {t: _scalar(seeded_db, f'SELECT count(*) FROM "{t}"') for t in LEGACY}
+    assert seeded_db.env["PGPASSWORD"] not in manifest_path.read_text(encoding="utf-8")
+
+    toc = subprocess.run(["pg_restore", "--list", str(dump)], capture_output=True, text=True, check=False)
+    assert toc.returncode == 0 and re.search(r'TABLE DATA public "?PagoPrestamo"? ', toc.stdout), toc.stdout
+
+    report = run.report("backup")
+    assert report["file"] == str(dump) and report["sha256"] == manifest["sha256"]
+    assert report["manifest"] == str(manifest_path)
+
+
+def test_each_run_makes_a_new_file_and_retention_keeps_the_newest(seeded_db: Database, tmp_path: Path) -> None:
+    backup_dir, report_dir = tmp_path / "backups", tmp_path / "reports"
+    backup_dir.mkdir(mode=0o700)
+    # Dumps of another environment and of another database share the directory and are left alone.
+    foreign = [backup_dir / "staging-other-20200101T000000Z.dump",
+               backup_dir / f"local-{seeded_db.name}x-20200101T000000Z.dump"]
+    for path in foreign:
+        path.write_bytes(b"not ours")
+
+    made: list[str] = []
+    for _ in range(3):
+        run = backup(seeded_db, backup_dir, report_dir, capital_backup_keep=2)
+        assert run.rc == 0, run.output
+        made.append(run.report("backup")["file"])
+    assert len(set(made)) == 3
+
+    ours = [p for p in dumps(backup_dir) if p not in foreign]
+    assert [str(p) for p in ours] == made[1:]
+    assert all(p.with_name(p.name + ".manifest.json").exists() for p in ours)
+    assert not Path(made[0] + ".manifest.json").exists()
+    assert all(p.exists() for p in foreign)
+
+
+def test_retention_never_deletes_the_dump_of_this_run(seeded_db: Database, tmp_path: Path) -> None:
+    backup_dir, report_dir = tmp_path / "backups", tmp_path / "reports"
+    backup_dir.mkdir(mode=0o700)
+    future = backup_dir / f"local-{seeded_db.name}-29991231T235959Z.dump"  # sorts newer than this run's dump
+    future.write_bytes(b"from a clock in the future")
+
+    run = backup(seeded_db, backup_dir, report_dir, capital_backup_keep=1)
+
+    assert run.rc == 0, run.output
+    current = Path(run.report("backup")["file"])
+    assert current.exists() and future.exists()
+    assert run.report("backup")["retention_deleted"] == []
+
+
+def test_restore_test_restores_into_a_scratch_database_and_drops_it(seeded_db: Database, tmp_path: Path) -> None:
+    run = backup(seeded_db, tmp_path / "backups", tmp_path / "reports", capital_backup_restore_test=True)
+
+    assert run.rc == 0, run.output
+    restore = run.report("backup")["restore_test"]
+    assert restore["row_counts_match"] is True
+    assert _scalar(seeded_db, "SELECT count(*) FROM pg_database WHERE datname LIKE 'capital_restore_test%'") == 0
+
+
+def test_directory_format_dumps_in_parallel_with_a_reproducible_sha256(seeded_db: Database, tmp_path: Path) -> None:
+    backup_dir = tmp_path / "backups"
+    run = backup(seeded_db, backup_dir, tmp_path / "reports", capital_backup_format="directory",
+                 capital_backup_jobs=2, capital_backup_restore_test=True)
+
+    assert run.rc == 0, run.output
+    [dump] = dumps(backup_dir)
+    assert dump.is_dir() and stat.S_IMODE(dump.stat().st_mode) == 0o700
+    files = sorted(p for p in dump.iterdir())
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in files)
+    lines = "".join(f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.name}\n" for p in files)
+    manifest = json.loads(dump.with_name(dump.name + ".manifest.json").read_text(encoding="utf-8"))
+    assert manifest["sha256"] == hashlib.sha256(lines.encode()).hexdigest() == run.report("backup")["sha256"]
+
+
+def test_invalid_format_is_refused_before_anything_is_written(seeded_db: Database, tmp_path: Path) -> None:
+    run = backup(seeded_db, tmp_path / "backups", tmp_path / "reports", capital_backup_format="plain")
+    assert run.rc != 0
+    assert "capital_backup_format" in run.output and "plain" in run.output
+    assert not (tmp_path / "backups").exists()
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs: a real full disk for pg_dump (needs root and mount permission)."""
+    mountpoint = tmp_path / "tiny"
+    mountpoint.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1M,mode=0700", "tmpfs", str(mountpoint)],
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", str(mountpoint)], check=True)
+
+
+def test_a_full_disk_fails_the_dump_and_removes_the_partial_file(seeded_db: Database, tiny_disk: Path,
+                                                                  tmp_path: Path) -> None:
+    # About 4 MB of incompressible text: far more than the 1 MiB filesystem holds, even compressed.
+    _execute(seeded_db, 'INSERT INTO "User" (id, email) SELECT \'big\' || g, md5(g::text) || md5((g * 7)::text) '
+                        "FROM generate_series(1, 60000) g")
+    backup_dir = tiny_disk / "backups"
+
+    run = backup(seeded_db, backup_dir, tmp_path / "reports")
+
+    assert run.rc != 0
+    assert "pg_dump failed" in run.output and "No space left on device" in run.output
+    assert "partial file" in run.output and "was removed" in run.output
+    assert dumps(backup_dir) == []
+    assert seeded_db.env["PGPASSWORD"] not in run.output
+
+
+def test_check_mode_writes_nothing(seeded_db: Database, tmp_path: Path) -> None:
+    run = backup(seeded_db, tmp_path / "backups", tmp_path / "reports", args=["--check"])
+    assert run.rc == 0, run.output
+    assert "would dump to" in run.output
+    assert not (tmp_path / "backups").exists()
+
+
+def test_a_unique_password_never_reaches_the_output(seeded_db: Database, tmp_path: Path) -> None:
+    """A role with a distinctive password runs the backup at -vvv; the password shows nowhere."""
+    name, password = f"capital_bk_{uuid.uuid4().hex[:8]}", f"Sekr3t-{uuid.uuid4().hex}"
+    _execute(seeded_db, f"CREATE ROLE {name} LOGIN SUPERUSER PASSWORD '{password}'")
+    try:
+        env = {**seeded_db.env, "PGUSER": name, "PGPASSWORD": password}
+        run = run_playbook(PLAYBOOK, playbook_env(env),
+                           {"capital_backup_dir": str(tmp_path / "b"), "capital_report_dir": str(tmp_path / "r")},
+                           args=["-vvv"])
+        assert run.rc == 0, run.output
+        assert password not in run.output
+        for path in (tmp_path / "b").iterdir():
+            if path.is_file():
+                assert password.encode() not in path.read_bytes()
+    finally:
+        _execute(seeded_db, f"DROP ROLE {name}")
