@@ -292,7 +292,13 @@ LANGUAGE sql STABLE AS $$
 $$;
 
 -- One backfill batch of one step; see capital_backfill_step for the order.
--- Returns the number of rows the batch looked at. Each source batch locks its
+-- Returns the number of rows the batch looked at. A source row that already
+-- has movements (written by the sync trigger) has its seq 0 movement (the
+-- first movement of a source is always seq 0, and the ledger is append-only),
+-- so ON CONFLICT DO NOTHING on the unique (source, type, seq) index skips it:
+-- one index probe per row, whatever the planner's statistics of the growing
+-- ledger say (a NOT EXISTS anti-join here was planned as a scan of the whole
+-- ledger per batch: quadratic, see BENCHMARKS.md). Each source batch locks its
 -- rows FOR SHARE: an application UPDATE/DELETE of such a row waits for the
 -- batch, and the batch waits for (and re-reads) a row the application is
 -- changing, so trigger and backfill never both write a row's seq 0 movement;
@@ -317,9 +323,7 @@ BEGIN
             SELECT b.junta_id, 'ACCION', CASE WHEN b.c > 0 THEN 'INCREASE' ELSE 'DECREASE' END, abs(b.c),
                    b.type, b.created_at, b.id, 0
               FROM b
-             WHERE b.c <> 0 AND NOT EXISTS (
-                   SELECT 1 FROM capital_movements m
-                    WHERE coalesce(m.accion_id, m.multa_id, m.prestamo_id, m.pago_id) = b.id AND m.type = 'ACCION')
+             WHERE b.c <> 0
             ON CONFLICT DO NOTHING RETURNING 1
         )
         SELECT (SELECT count(*) FROM b), (SELECT max(id) FROM b) INTO v_rows, v_max;
@@ -333,9 +337,7 @@ BEGIN
             SELECT b.junta_id, 'MULTA', CASE WHEN b.c > 0 THEN 'INCREASE' ELSE 'DECREASE' END, abs(b.c),
                    b.description, b.created_at, b.id, 0
               FROM b
-             WHERE b.c <> 0 AND NOT EXISTS (
-                   SELECT 1 FROM capital_movements m
-                    WHERE coalesce(m.accion_id, m.multa_id, m.prestamo_id, m.pago_id) = b.id AND m.type = 'MULTA')
+             WHERE b.c <> 0
             ON CONFLICT DO NOTHING RETURNING 1
         )
         SELECT (SELECT count(*) FROM b), (SELECT max(id) FROM b) INTO v_rows, v_max;
@@ -351,9 +353,7 @@ BEGIN
             SELECT b.junta_id, 'PRESTAMO', CASE WHEN b.c > 0 THEN 'INCREASE' ELSE 'DECREASE' END, abs(b.c),
                    b.description, b.created_at, b.id, 0
               FROM b
-             WHERE b.c <> 0 AND NOT EXISTS (
-                   SELECT 1 FROM capital_movements m
-                    WHERE coalesce(m.accion_id, m.multa_id, m.prestamo_id, m.pago_id) = b.id AND m.type = 'PRESTAMO')
+             WHERE b.c <> 0
             ON CONFLICT DO NOTHING RETURNING 1
         ), shadow AS (
             INSERT INTO "PrestamoNew"
@@ -380,9 +380,7 @@ BEGIN
             SELECT b.junta_id, 'PAGO', CASE WHEN b.c > 0 THEN 'INCREASE' ELSE 'DECREASE' END, abs(b.c),
                    NULL, b.date, b.id, 0
               FROM b
-             WHERE b.c <> 0 AND NOT EXISTS (
-                   SELECT 1 FROM capital_movements m
-                    WHERE coalesce(m.accion_id, m.multa_id, m.prestamo_id, m.pago_id) = b.id AND m.type = 'PAGO')
+             WHERE b.c <> 0
             ON CONFLICT DO NOTHING RETURNING 1
         ), shadow AS (
             INSERT INTO "PagoPrestamoNew" (id, original_pago_id, prestamo_id, amount, date)
@@ -453,12 +451,26 @@ BEGIN
                WHERE x.junta_id = ANY (v_ids) AND x.loan_number IS NULL
           ) s
          WHERE n.id = s.id;
+        -- One ordered pass per junta (a window over its movements and loans in time order: the running sum up
+        -- to the loan's timestamp minus everything with that same timestamp), not one ledger range scan per loan: the
+        -- correlated subquery it replaces cost O(loans x movements) per junta (bench/BENCHMARKS.md).
         UPDATE "PrestamoNew" n
-           SET capital_at_time = (
-               SELECT coalesce(sum(CASE m.direction WHEN 'INCREASE' THEN m.amount ELSE -m.amount END), 0)
-                 FROM capital_movements m
-                WHERE m.junta_id = n.junta_id AND m.created_at < n.created_at)
-         WHERE n.junta_id = ANY (v_ids) AND n.capital_at_time IS NULL;
+           SET capital_at_time = coalesce(s.before, 0)
+          FROM (
+              SELECT e.loan_id,
+                     sum(e.delta) OVER (PARTITION BY e.junta_id ORDER BY e.created_at)
+                     - sum(e.delta) OVER (PARTITION BY e.junta_id, e.created_at) AS before
+                FROM (
+                    SELECT m.junta_id, m.created_at,
+                           CASE m.direction WHEN 'INCREASE' THEN m.amount ELSE -m.amount END AS delta,
+                           NULL::text AS loan_id
+                      FROM capital_movements m WHERE m.junta_id = ANY (v_ids)
+                    UNION ALL
+                    SELECT x.junta_id, x.created_at, 0, x.id
+                      FROM "PrestamoNew" x WHERE x.junta_id = ANY (v_ids) AND x.capital_at_time IS NULL
+                ) e
+          ) s
+         WHERE s.loan_id IS NOT NULL AND n.id = s.loan_id AND n.capital_at_time IS NULL;
     ELSE
         RAISE EXCEPTION 'unknown backfill source %', p_source USING ERRCODE = '22023';
     END IF;
@@ -516,6 +528,26 @@ BEGIN
     END IF;
     IF v_source = 'PrestamoNew' AND v_phase = 'backfilling' THEN
         RAISE EXCEPTION 'backfill progress is inconsistent: sweep pending in phase %', v_phase USING ERRCODE = '55000';
+    END IF;
+    -- Planner statistics of the growing ledger: never analysed, it looks empty, and the batches' anti-join
+    -- turns into a hash join over a sequential scan of the whole ledger (every batch slower than the one
+    -- before: quadratic). Analyse whenever the ledger has doubled since its statistics were taken (a few
+    -- times per run, ~0.1 s each); ANALYZE also invalidates the cached plans of this session.
+    IF (SELECT sum(p.rows_done) FROM capital_backfill_progress p
+         WHERE p.source IN ('Accion', 'Multa', 'Prestamo', 'PagoPrestamo'))
+       > 2 * greatest((SELECT c.reltuples FROM pg_class c WHERE c.oid = 'capital_movements'::regclass), 5000)
+    THEN
+        ANALYZE capital_movements;
+    END IF;
+    IF v_source IN ('Junta', 'PrestamoNew')
+       AND (SELECT c.reltuples FROM pg_class c WHERE c.oid = '"PrestamoNew"'::regclass) < 0 THEN
+        ANALYZE "PrestamoNew";
+    END IF;
+    -- The junta steps lock their juntas (FOR NO KEY UPDATE) for the whole batch, and every application
+    -- write through the sync triggers needs its junta's lock: keep those batches short (a few hundred
+    -- juntas, well under a second) so a writer never waits long behind them (BENCHMARKS.md, footprint).
+    IF v_source IN ('Junta', 'PrestamoNew') THEN
+        p_batch := least(p_batch, 200);
     END IF;
     v_rows := capital_backfill_batch(v_source, p_batch);
     IF v_source = 'Junta' AND v_rows < p_batch THEN
