@@ -119,6 +119,7 @@ def test_status_reports_drift_after_the_sql_changed(pg_db: Any, tmp_path: Path) 
     assert run_cli(["migrate", *_args(tmp_path)], env).code == 0
     copy = tmp_path / "checkout"
     shutil.copytree(REPO / "files", copy / "files")
+    shutil.copytree(REPO / "inventories", copy / "inventories")
     shutil.copytree(REPO / "python" / "ansible_collections", copy / "python" / "ansible_collections")
     piece = sorted((copy / "files" / "sql").glob("1*.sql"))[0]
     piece.write_text(piece.read_text() + "\n-- edited after it was applied\n")
