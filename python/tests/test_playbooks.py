@@ -199,3 +199,23 @@ def test_password_never_appears_in_output_files_or_process_list(pg_db: Any, tmp_
     for path in tmp_path.rglob("*"):
         if path.is_file():
             assert password.encode() not in path.read_bytes(), path
+
+
+def test_restore_refuses_a_backup_whose_sha256_does_not_match(pg_db: Any, tmp_path: Path) -> None:
+    seed_db(pg_db, juntas=1)
+    assert run_playbook(pg_db, "migrate.yml", tmp_path).returncode == 0
+    dump = next((tmp_path / "backups").glob("local-*.dump"))
+    data = bytearray(dump.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte in the middle of the dump
+    dump.write_bytes(bytes(data))
+    shape = fingerprint(pg_db)
+    rows = checksums(pg_db)
+
+    result = run_playbook(pg_db, "rollback.yml", tmp_path, "-e", "capital_rollback_mode=restore")
+
+    assert result.returncode != 0
+    assert "Refusing to restore" in result.stdout
+    assert "its manifest records" in result.stdout
+    assert fingerprint(pg_db) == shape  # still migrated, nothing dropped
+    assert checksums(pg_db) == rows
+    assert not list((tmp_path / "backups").glob("local-safety-*.dump"))
