@@ -66,6 +66,17 @@ def _last_history(cur: Any) -> dict[str, Any] | None:
     return dict(zip(keys, last, strict=True))
 
 
+# What the operator does next in each state (docs/reliability.md): after any interruption the database
+# is in one of these states, and rerunning migrate.yml is always safe (it resumes or does nothing).
+NEXT_STEPS = {
+    "not_applied": "nothing of the migration is in the database: run migrate.yml to apply it",
+    "partial": "a run stopped part-way (killed, interrupted, or still running: see the lock holder); the work "
+               "done is committed and resumable: rerun migrate.yml to resume, or run rollback.yml to undo",
+    "applied": "applied with these SQL files: rerun migrate.yml to verify again, rollback.yml to undo",
+    "drifted": "the applied migration differs from these SQL files: find out who changed what first",
+}
+
+
 def read_status(ctx: Context) -> dict[str, Any]:
     """Query the database (read-only transaction) and the report dir; nothing is changed."""
     import psycopg2
@@ -102,6 +113,7 @@ def read_status(ctx: Context) -> dict[str, Any]:
         "last_history": history,
         "last_report": last_report,
         "database": ctx.target.describe(),
+        "next_step": NEXT_STEPS.get(state_name, ""),
     }
 
 
@@ -122,6 +134,8 @@ def run_status(args: argparse.Namespace) -> int:
                 f"{history['finished_at'] or history['started_at']} by {history['applied_by']}")
         if history["sql_sha256"] != status["expected_sql_sha256"]:
             ctx.say(f"  applied sha256 {history['sql_sha256']}\n  files   sha256 {status['expected_sql_sha256']}")
+    if status["next_step"]:
+        ctx.say(f"  next step: {status['next_step']}")
     if status["last_report"]:
         rep = status["last_report"]
         ctx.say(f"  last report: {rep.get('outcome')} ({rep.get('env')}, run {rep.get('run_id')}) {rep['path']}")

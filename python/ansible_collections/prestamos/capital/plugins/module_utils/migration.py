@@ -392,7 +392,8 @@ class UnitRunner:
                 if pgcode is None and not hasattr(exc, "pgerror"):
                     raise
                 self._rollback_quietly()
-                if pgcode in RETRYABLE_SQLSTATES and attempt <= self.options.lock_retries:
+                stopping = getattr(self, "stop_signal", None) is not None  # no more waiting once asked to stop
+                if pgcode in RETRYABLE_SQLSTATES and attempt <= self.options.lock_retries and not stopping:
                     self.lock_retries += 1
                     time.sleep(self._backoff(attempt))
                     continue
@@ -497,6 +498,27 @@ class Migrator(UnitRunner):
         self.rows_backfilled: dict[str, int] = {}
         self.batches = 0
         self.lock_retries = 0
+        self.stop_signal: str | None = None
+
+    # -- interruption ----------------------------------------------------------------------------------
+    def request_stop(self, signal_name: str) -> None:
+        """Ask the run to stop at the next boundary (a signal handler calls this; it only sets a flag).
+
+        The statement or batch in flight finishes (or rolls back) on its own; nothing is cut in half.
+        """
+        self.stop_signal = signal_name
+
+    def _stop_if_requested(self, where: str) -> None:
+        if self.stop_signal is None:
+            return
+        raise MigrationError(
+            f"interrupted by {self.stop_signal} {where}; every finished step is committed and nothing is half "
+            "done: the migration is partial and resumable. Rerun migrate.yml to resume where it stopped "
+            "(finished batches are not redone), or run rollback.yml to undo it",
+            interrupted=True,
+            signal=self.stop_signal,
+            resume="rerun migrate.yml (resumes) or run rollback.yml (undoes)",
+        )
 
     # -- helpers ---------------------------------------------------------------------------------------
     def _backfill(self) -> None:
@@ -506,6 +528,7 @@ class Migrator(UnitRunner):
         timeout = f"{self.lock_timeout_ms}ms"
         stmt_timeout = f"{self.statement_timeout_ms}ms"
         while True:
+            self._stop_if_requested(f"after backfill batch {self.batches}")
             if (
                 self.options.stop_after_batches is not None
                 and self.batches >= self.options.stop_after_batches
@@ -665,6 +688,7 @@ class Migrator(UnitRunner):
                     self._backfill()
                 else:
                     for unit in self.units[name]:
+                        self._stop_if_requested(f"before {unit.file}:{unit.line}")
                         self._run_unit(unit)
                         self._open_history()
                 if self.options.stop_after_file == name:

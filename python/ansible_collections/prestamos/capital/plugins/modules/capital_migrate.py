@@ -142,6 +142,7 @@ lock_held:
   type: bool
 """
 
+import signal
 import traceback
 from typing import Any
 
@@ -175,6 +176,22 @@ def argument_spec() -> dict[str, Any]:
     }
 
 
+def stop_between_statements(migrator: Migrator) -> None:
+    """On SIGINT/SIGTERM finish the statement or batch in flight, then stop and record why.
+
+    ansible-playbook passes SIGINT (Ctrl-C) and SIGTERM on to the module's process group and then exits
+    without waiting for the module. Python's default would cut the run at an arbitrary point (SIGTERM
+    kills it mid-statement); with this handler the run stops at the next boundary, marks its history row
+    failed with the signal and how to resume, and closes its connection.
+    """
+
+    def handler(signum: int, _frame: Any) -> None:
+        migrator.request_stop(signal.Signals(signum).name)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, handler)
+
+
 def main() -> None:
     """Thin entry point: Migrator does the work, this adapts parameters and errors."""
     module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
@@ -197,6 +214,7 @@ def main() -> None:
         except Exception as exc:
             module.fail_json(msg=f"cannot connect to the database: {str(exc).strip()}", changed=False)
         migrator = Migrator(conn, {str(k): str(v) for k, v in p["sql"].items()}, options, p["order"])
+        stop_between_statements(migrator)
         result = migrator.run(check_mode=module.check_mode)
     except MigrationError as exc:
         details = dict(exc.details)
