@@ -123,9 +123,27 @@ def test_run_id_and_index_file_options(tmp_path: Path) -> None:
 
 
 def test_callback_is_off_unless_enabled(tmp_path: Path) -> None:
-    code, output = _run(tmp_path, {"CAPITAL_REPORT_DIR": str(tmp_path / "r"), "ANSIBLE_CALLBACKS_ENABLED": None})
+    # The project's ansible.cfg enables it; a configuration without that line must not get a report.
+    config = tmp_path / "ansible.cfg"
+    config.write_text(
+        "".join(
+            line
+            for line in (REPO / "ansible.cfg").read_text().splitlines(keepends=True)
+            if not line.startswith("callbacks_enabled")
+        )
+    )
+    code, output = _run(
+        tmp_path,
+        {"CAPITAL_REPORT_DIR": str(tmp_path / "r"), "ANSIBLE_CALLBACKS_ENABLED": None, "ANSIBLE_CONFIG": str(config)},
+    )
     assert code == 0, output
     assert not (tmp_path / "r").exists()
+
+
+def test_project_configuration_enables_the_callback(tmp_path: Path) -> None:
+    code, output = _run(tmp_path, {"CAPITAL_REPORT_DIR": str(tmp_path / "r"), "ANSIBLE_CALLBACKS_ENABLED": None})
+    assert code == 0, output
+    assert len(list((tmp_path / "r").iterdir())) == 2
 
 
 def test_redaction_covers_keys_literals_urls_and_pgpass(tmp_path: Path) -> None:
