@@ -231,6 +231,22 @@ def test_dirty_data_each_kind_is_counted_and_the_policy_decides(baseline_db: Dat
     assert failed(strict) == {"data_overpaid_loans"}
 
 
+def test_every_kind_of_generated_dirty_data_is_reported_with_its_count(pg_db: Database, backup_dir: Path) -> None:
+    from capital_migrate.datagen import DIRTY_KINDS, generate
+
+    conn = pg_db.connect()
+    try:
+        summary = generate(conn, seed=11, juntas=6, dirty=True)
+    finally:
+        conn.close()
+    run = preflight(pg_db.env, backup_dir, capital_preflight_fail_on=[])
+    assert run.rc == 0, run.output
+    checks = run.checks()
+    reported = {kind: checks[f"data_{kind}"]["value"]["count"] for kind in DIRTY_KINDS}
+    assert reported == summary.dirty_counts
+    assert all(count > 0 for count in reported.values())
+
+
 def test_an_invalid_policy_value_is_refused(baseline_db: Database, backup_dir: Path) -> None:
     run = preflight(baseline_db.env, backup_dir, capital_preflight_fail_on=["orphanz"])
     assert run.rc != 0
