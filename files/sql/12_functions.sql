@@ -16,15 +16,25 @@
 BEGIN;
 
 -- Exact cents of a legacy float amount; refuses NaN/Infinity instead of
--- letting them into the ledger.
-CREATE OR REPLACE FUNCTION capital_cents(p_amount double precision) RETURNS numeric
-LANGUAGE plpgsql IMMUTABLE STRICT AS $$
+-- letting them into the ledger. A plain SQL CASE, so the planner inlines it
+-- into the batch queries (a PL/pgSQL body here cost a function call per row:
+-- 0.3 s instead of 0.09 s per 400k rows, BENCHMARKS.md); only the refusal is
+-- PL/pgSQL. Not STRICT: a STRICT function is never inlined (NULL gives NULL
+-- all the same).
+CREATE OR REPLACE FUNCTION capital_refuse_amount(p_amount double precision) RETURNS numeric
+LANGUAGE plpgsql IMMUTABLE AS $$
 BEGIN
-    IF p_amount = 'NaN'::float8 OR p_amount IN ('Infinity'::float8, '-Infinity'::float8) THEN
-        RAISE EXCEPTION 'amount % is not a finite number', p_amount USING ERRCODE = '22003';
-    END IF;
-    RETURN round(p_amount::numeric, 2);
+    RAISE EXCEPTION 'amount % is not a finite number', p_amount USING ERRCODE = '22003';
 END
+$$;
+
+CREATE OR REPLACE FUNCTION capital_cents(p_amount double precision) RETURNS numeric
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE
+        WHEN p_amount = 'NaN'::float8 OR p_amount IN ('Infinity'::float8, '-Infinity'::float8)
+            THEN capital_refuse_amount(p_amount)
+        ELSE round(p_amount::numeric, 2)
+    END
 $$;
 
 -- Signed contribution of one source row to its junta's capital.
@@ -369,12 +379,17 @@ BEGIN
         )
         SELECT (SELECT count(*) FROM b), (SELECT max(id) FROM b) INTO v_rows, v_max;
     ELSIF p_source = 'PagoPrestamo' THEN
-        -- The loan row is locked too: its junta is the payment's junta.
+        -- Only the payment rows are locked (FOR SHARE OF pp). The payment's junta is its loan's junta: a
+        -- loan moving to another junta meanwhile is safe without locking the loan row, because the loan's
+        -- sync trigger locks the loan's payments FOR UPDATE before moving their movements (it waits for
+        -- this batch, then moves what the batch wrote), and if it ran first its seq 0 movements make this
+        -- batch's inserts no-ops (ON CONFLICT DO NOTHING). Locking the loans too dirtied every loan page
+        -- once per batch for nothing.
         WITH b AS (
             SELECT pp.id, pp.prestamo_id, pp.date, pp.amount, p.junta_id,
                    capital_contribution('PAGO', pp.amount, true) AS c
               FROM "PagoPrestamo" pp JOIN "Prestamo" p ON p.id = pp.prestamo_id
-             WHERE pp.id > v_last ORDER BY pp.id LIMIT p_batch FOR SHARE
+             WHERE pp.id > v_last ORDER BY pp.id LIMIT p_batch FOR SHARE OF pp
         ), ins AS (
             INSERT INTO capital_movements (junta_id, type, direction, amount, description, created_at, pago_id, seq)
             SELECT b.junta_id, 'PAGO', CASE WHEN b.c > 0 THEN 'INCREASE' ELSE 'DECREASE' END, abs(b.c),
@@ -441,36 +456,35 @@ BEGIN
         ) pending;
         v_rows := coalesce(cardinality(v_ids), 0);
         PERFORM capital_lock_juntas(v_ids);
+        -- One ordered pass per junta over its movements and pending loans in time order, and ONE update per
+        -- loan setting both columns (an update per column wrote every shadow row twice): loan_number = the
+        -- junta's highest number + the loan's rank among its unnumbered loans by (created_at, id);
+        -- capital_at_time = the running sum up to the loan's timestamp minus everything with that same
+        -- timestamp. (The correlated subquery this replaced cost O(loans x movements) per junta, BENCHMARKS.md.)
         UPDATE "PrestamoNew" n
-           SET loan_number = s.base + s.rn
+           SET loan_number = coalesce(n.loan_number, s.base + s.rn),
+               capital_at_time = coalesce(n.capital_at_time, s.before)
           FROM (
-              SELECT x.id, row_number() OVER (PARTITION BY x.junta_id ORDER BY x.created_at, x.id) AS rn,
-                     (SELECT coalesce(max(y.loan_number), 0) FROM "PrestamoNew" y WHERE y.junta_id = x.junta_id)
-                         AS base
-                FROM "PrestamoNew" x
-               WHERE x.junta_id = ANY (v_ids) AND x.loan_number IS NULL
-          ) s
-         WHERE n.id = s.id;
-        -- One ordered pass per junta (a window over its movements and loans in time order: the running sum up
-        -- to the loan's timestamp minus everything with that same timestamp), not one ledger range scan per loan: the
-        -- correlated subquery it replaces cost O(loans x movements) per junta (bench/BENCHMARKS.md).
-        UPDATE "PrestamoNew" n
-           SET capital_at_time = coalesce(s.before, 0)
-          FROM (
-              SELECT e.loan_id,
-                     sum(e.delta) OVER (PARTITION BY e.junta_id ORDER BY e.created_at)
-                     - sum(e.delta) OVER (PARTITION BY e.junta_id, e.created_at) AS before
+              SELECT e.loan_id, e.base,
+                     CASE WHEN e.unnumbered THEN
+                         count(*) FILTER (WHERE e.unnumbered)
+                             OVER (PARTITION BY e.junta_id ORDER BY e.created_at, e.loan_id ROWS UNBOUNDED PRECEDING)
+                     END AS rn,
+                     coalesce(sum(e.delta) OVER (PARTITION BY e.junta_id ORDER BY e.created_at)
+                              - sum(e.delta) OVER (PARTITION BY e.junta_id, e.created_at), 0) AS before
                 FROM (
                     SELECT m.junta_id, m.created_at,
                            CASE m.direction WHEN 'INCREASE' THEN m.amount ELSE -m.amount END AS delta,
-                           NULL::text AS loan_id
+                           NULL::text AS loan_id, false AS unnumbered, 0 AS base
                       FROM capital_movements m WHERE m.junta_id = ANY (v_ids)
                     UNION ALL
-                    SELECT x.junta_id, x.created_at, 0, x.id
-                      FROM "PrestamoNew" x WHERE x.junta_id = ANY (v_ids) AND x.capital_at_time IS NULL
+                    SELECT x.junta_id, x.created_at, 0, x.id, x.loan_number IS NULL,
+                           (SELECT coalesce(max(y.loan_number), 0) FROM "PrestamoNew" y WHERE y.junta_id = x.junta_id)
+                      FROM "PrestamoNew" x
+                     WHERE x.junta_id = ANY (v_ids) AND (x.loan_number IS NULL OR x.capital_at_time IS NULL)
                 ) e
           ) s
-         WHERE s.loan_id IS NOT NULL AND n.id = s.loan_id AND n.capital_at_time IS NULL;
+         WHERE s.loan_id IS NOT NULL AND n.id = s.loan_id;
     ELSE
         RAISE EXCEPTION 'unknown backfill source %', p_source USING ERRCODE = '22023';
     END IF;

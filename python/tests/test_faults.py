@@ -177,12 +177,19 @@ def recover_and_check(db: Database, tmp_path: Path, before: dict[str, str], writ
 
 
 def settle(run: Playbook, db: Database) -> int | None:
-    """Let the fault play out: the run ends (or was killed), orphans finish, no migration session is left."""
+    """Let the fault play out: the run ends (or was killed), an orphaned module finishes, no migration
+    session is left.
+
+    Only the module must end by itself. After ``kill -9`` of ansible-playbook alone, ansible-core's worker
+    process that ran the module blocks for ever writing the module's result into its dead parent's
+    queue (a pipe it holds both ends of): it holds no database session and no lock, so it is left to
+    ``run.reap()`` (docs/reliability.md says how an operator finds and kills it).
+    """
     try:
         rc = run.finish(timeout=600)
     except subprocess.TimeoutExpired:
         rc = None
-    until(lambda: not run.alive(), 600, "the run's processes (orphans included) to end")
+    until(lambda: not run.module_pids(), 600, "the run's module process (orphaned or not) to end")
     wait_migration_sessions_gone(db)
     return rc
 

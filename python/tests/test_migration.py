@@ -235,3 +235,30 @@ def test_check_mode_executes_nothing(pg_db) -> None:
             assert cur.fetchone()[0] is None
     finally:
         conn.close()
+
+
+def test_capital_cents_refuses_non_finite_amounts_and_is_inlined(pg_db) -> None:
+    """capital_cents is the one float -> cents conversion: exact rounding, NaN/Infinity refused with
+    SQLSTATE 22003, NULL passed through, and plain SQL the planner inlines into the batch queries (a
+    function call per row was measurable on a million rows, BENCHMARKS.md)."""
+    seed_db(pg_db, juntas=1)
+    migrate(pg_db)
+    conn = pg_db.connect()
+    try:
+        with conn.cursor() as cur:
+            cur.execute(
+                "SELECT capital_cents(2.675::float8), capital_cents(-0.005::float8), capital_cents(NULL),"
+                " round(2.675::float8::numeric, 2), round(-0.005::float8::numeric, 2)"
+            )
+            a, b, null, want_a, want_b = cur.fetchone()
+            assert (a, b, null) == (want_a, want_b, None)
+            cur.execute('EXPLAIN (VERBOSE) SELECT capital_cents(amount) FROM "Accion"')
+            plan = "\n".join(row[0] for row in cur.fetchall())
+            assert "capital_cents" not in plan and "round(" in plan, plan
+            for bad in ("NaN", "Infinity", "-Infinity"):
+                with pytest.raises(Exception, match="is not a finite number") as err:
+                    cur.execute("SELECT capital_cents(%s::float8)", (bad,))
+                assert err.value.pgcode == "22003"
+                conn.rollback()
+    finally:
+        conn.close()

@@ -539,6 +539,9 @@ class Migrator(UnitRunner):
                 self.cur.execute("BEGIN")
                 self.cur.execute("SELECT set_config('lock_timeout', %s, true)", (timeout,))
                 self.cur.execute("SELECT set_config('statement_timeout', %s, true)", (stmt_timeout,))
+                # A batch is a few hundred milliseconds of index work: JIT compilation (~30 ms whenever a plan's
+                # cost passes jit_above_cost, e.g. every junta sweep batch) only adds to it.
+                self.cur.execute("SELECT set_config('jit', 'off', true)")
                 self.cur.execute("SELECT * FROM capital_backfill_step(%s)", (self.options.batch_size,))
                 row = self.cur.fetchone()
                 self.cur.execute("COMMIT")
