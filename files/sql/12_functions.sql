@@ -320,6 +320,9 @@ DECLARE
     v_rows integer := 0;
     v_max text;
     v_ids text[];
+    v_loans text[];
+    v_numbers bigint[];
+    v_befores numeric[];
 BEGIN
     SELECT last_id INTO v_last FROM capital_backfill_progress WHERE source = p_source FOR UPDATE;
     v_last := coalesce(v_last, '');
@@ -461,9 +464,8 @@ BEGIN
         -- junta's highest number + the loan's rank among its unnumbered loans by (created_at, id);
         -- capital_at_time = the running sum up to the loan's timestamp minus everything with that same
         -- timestamp. (The correlated subquery this replaced cost O(loans x movements) per junta, BENCHMARKS.md.)
-        UPDATE "PrestamoNew" n
-           SET loan_number = coalesce(n.loan_number, s.base + s.rn),
-               capital_at_time = coalesce(n.capital_at_time, s.before)
+        SELECT array_agg(s.loan_id), array_agg(s.base + s.rn), array_agg(s.before)
+          INTO v_loans, v_numbers, v_befores
           FROM (
               SELECT e.loan_id, e.base,
                      CASE WHEN e.unnumbered THEN
@@ -484,7 +486,14 @@ BEGIN
                      WHERE x.junta_id = ANY (v_ids) AND (x.loan_number IS NULL OR x.capital_at_time IS NULL)
                 ) e
           ) s
-         WHERE s.loan_id IS NOT NULL AND n.id = s.loan_id;
+         WHERE s.loan_id IS NOT NULL;
+        -- Applied from arrays: joined to the window's output, the planner cannot tell loans from movements
+        -- and walks the whole shadow table's primary key for a few hundred loans (BENCHMARKS.md).
+        UPDATE "PrestamoNew" n
+           SET loan_number = coalesce(n.loan_number, u.loan_number),
+               capital_at_time = coalesce(n.capital_at_time, u.capital_at_time)
+          FROM unnest(v_loans, v_numbers, v_befores) AS u(id, loan_number, capital_at_time)
+         WHERE n.id = u.id;
     ELSE
         RAISE EXCEPTION 'unknown backfill source %', p_source USING ERRCODE = '22023';
     END IF;
@@ -561,7 +570,7 @@ BEGIN
     -- write through the sync triggers needs its junta's lock: keep those batches short (a few hundred
     -- juntas, well under a second) so a writer never waits long behind them (BENCHMARKS.md, footprint).
     IF v_source IN ('Junta', 'PrestamoNew') THEN
-        p_batch := least(p_batch, 200);
+        p_batch := least(p_batch, 25);
     END IF;
     v_rows := capital_backfill_batch(v_source, p_batch);
     IF v_source = 'Junta' AND v_rows < p_batch THEN
