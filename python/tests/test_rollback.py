@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import uuid
 from typing import Any
 
 import pytest
+from ansible_collections.prestamos.capital.plugins.module_utils.entry import stop_between_statements
 from ansible_collections.prestamos.capital.plugins.module_utils.migration import (
     ADVISORY_KEY_SQL,
     Interrupted,
@@ -276,3 +279,39 @@ def test_application_keeps_writing_during_the_rollback(pg_db: Any) -> None:
     assert errors == []
     stored = {r[0] for r in query(pg_db, 'SELECT id FROM "PagoPrestamo" WHERE id = ANY(%s)', (written,))}
     assert stored == set(written) and written
+
+
+def test_sigterm_stops_the_rollback_between_statements_and_a_rerun_finishes_it(pg_db: Any) -> None:
+    """SIGTERM (ansible-playbook passes it on to the module) lets the statement in flight finish, stops
+    before the next one, says how to go on, and rerunning the rollback finishes the job."""
+    seed_db(pg_db, juntas=2)
+    shape = fingerprint(pg_db)
+    migrate(pg_db)
+
+    class SignalledReverter(Reverter):
+        def _run_unit(self, unit: Any) -> None:
+            super()._run_unit(unit)
+            if len(self.statement_log) == 3:
+                os.kill(os.getpid(), signal.SIGTERM)  # the real signal, through the module's handler
+
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    conn = pg_db.connect()
+    try:
+        reverter = SignalledReverter(conn, rollback_sql(), Options())
+        stop_between_statements(reverter)
+        with pytest.raises(MigrationError) as err:
+            reverter.run()
+    finally:
+        for s, handler in saved.items():
+            signal.signal(s, handler)
+        conn.close()
+    assert err.value.details["interrupted"] is True and err.value.details["signal"] == "SIGTERM"
+    assert err.value.details["statements_done"] == 3
+    assert "rerun rollback.yml" in err.value.msg.lower()
+    conn = pg_db.connect()
+    with conn.cursor() as cur:
+        assert leftovers(cur) != [], "three units cannot have undone everything"
+    conn.close()
+
+    assert roll_back(pg_db)["changed"] is True
+    assert_rolled_back(pg_db, shape)

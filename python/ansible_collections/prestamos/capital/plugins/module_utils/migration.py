@@ -363,6 +363,33 @@ class UnitRunner:
         """The phase a unit's timings count towards."""
         return phase_of(file)
 
+    # -- interruption ----------------------------------------------------------------------------------
+    stop_signal: str | None = None
+    # What to tell the operator when a signal stopped the run (the subclass's own recovery).
+    resume_hint: str = (
+        "the migration is partial and resumable. Rerun migrate.yml to resume where it stopped "
+        "(finished batches are not redone), or run rollback.yml to undo it"
+    )
+    resume_short: str = "rerun migrate.yml (resumes) or run rollback.yml (undoes)"
+
+    def request_stop(self, signal_name: str) -> None:
+        """Ask the run to stop at the next boundary (a signal handler calls this; it only sets a flag).
+
+        The statement or batch in flight finishes (or rolls back) on its own; nothing is cut in half.
+        """
+        self.stop_signal = signal_name
+
+    def _stop_if_requested(self, where: str) -> None:
+        if self.stop_signal is None:
+            return
+        raise MigrationError(
+            f"interrupted by {self.stop_signal} {where}; every finished step is committed and nothing is half "
+            f"done: {self.resume_hint}",
+            interrupted=True,
+            signal=self.stop_signal,
+            resume=self.resume_short,
+        )
+
     def _phase(self, name: str) -> _PhaseStats:
         return self.phases.setdefault(name, _PhaseStats(name))
 
@@ -498,27 +525,6 @@ class Migrator(UnitRunner):
         self.rows_backfilled: dict[str, int] = {}
         self.batches = 0
         self.lock_retries = 0
-        self.stop_signal: str | None = None
-
-    # -- interruption ----------------------------------------------------------------------------------
-    def request_stop(self, signal_name: str) -> None:
-        """Ask the run to stop at the next boundary (a signal handler calls this; it only sets a flag).
-
-        The statement or batch in flight finishes (or rolls back) on its own; nothing is cut in half.
-        """
-        self.stop_signal = signal_name
-
-    def _stop_if_requested(self, where: str) -> None:
-        if self.stop_signal is None:
-            return
-        raise MigrationError(
-            f"interrupted by {self.stop_signal} {where}; every finished step is committed and nothing is half "
-            "done: the migration is partial and resumable. Rerun migrate.yml to resume where it stopped "
-            "(finished batches are not redone), or run rollback.yml to undo it",
-            interrupted=True,
-            signal=self.stop_signal,
-            resume="rerun migrate.yml (resumes) or run rollback.yml (undoes)",
-        )
 
     # -- helpers ---------------------------------------------------------------------------------------
     def _backfill(self) -> None:

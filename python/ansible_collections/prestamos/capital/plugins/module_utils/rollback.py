@@ -136,6 +136,12 @@ class Reverter(UnitRunner):
         self.statement_log: list[dict[str, Any]] = []
         self.lock_retries = 0
 
+    resume_hint = (
+        "the rollback is partial. Rerun rollback.yml to finish undoing the migration (units already done are "
+        "skipped), or rerun migrate.yml to apply it again"
+    )
+    resume_short = "rerun rollback.yml (finishes) or migrate.yml (reapplies)"
+
     def _phase_for(self, file: str) -> str:
         return "rollback"
 
@@ -181,6 +187,7 @@ class Reverter(UnitRunner):
             started = time.monotonic()
             try:
                 for unit in self.units:
+                    self._stop_if_requested(f"before {unit.file}:{unit.line}")
                     self._run_unit(unit)
             except MigrationError as exc:
                 # Units already committed stay committed: say so, and that a rerun finishes the job.

@@ -142,22 +142,12 @@ lock_held:
   type: bool
 """
 
-import signal
-import traceback
 from typing import Any
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
-from ansible_collections.prestamos.capital.plugins.module_utils.migration import (
-    MigrationError,
-    Migrator,
-    Options,
-)
-from ansible_collections.prestamos.capital.plugins.module_utils.pg import (
-    HAS_PSYCOPG2,
-    PSYCOPG2_IMPORT_ERROR,
-    connect,
-    connection_argument_spec,
-)
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.prestamos.capital.plugins.module_utils.entry import run_module
+from ansible_collections.prestamos.capital.plugins.module_utils.migration import Migrator, Options
+from ansible_collections.prestamos.capital.plugins.module_utils.pg import connection_argument_spec
 
 
 def argument_spec() -> dict[str, Any]:
@@ -176,27 +166,9 @@ def argument_spec() -> dict[str, Any]:
     }
 
 
-def stop_between_statements(migrator: Migrator) -> None:
-    """On SIGINT/SIGTERM finish the statement or batch in flight, then stop and record why.
-
-    ansible-playbook passes SIGINT (Ctrl-C) and SIGTERM on to the module's process group and then exits
-    without waiting for the module. Python's default would cut the run at an arbitrary point (SIGTERM
-    kills it mid-statement); with this handler the run stops at the next boundary, marks its history row
-    failed with the signal and how to resume, and closes its connection.
-    """
-
-    def handler(signum: int, _frame: Any) -> None:
-        migrator.request_stop(signal.Signals(signum).name)
-
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, handler)
-
-
 def main() -> None:
     """Thin entry point: Migrator does the work, this adapts parameters and errors."""
     module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
-    if not HAS_PSYCOPG2:
-        module.fail_json(msg=missing_required_lib("psycopg2"), exception=PSYCOPG2_IMPORT_ERROR)
     p = module.params
     options = Options(
         version=p["version"],
@@ -207,25 +179,18 @@ def main() -> None:
         batch_size=p["batch_size"],
         statement_timeout=p["statement_timeout"],
     )
-    conn = None
-    try:
-        try:
-            conn = connect(p, "capital-migrate")
-        except Exception as exc:
-            module.fail_json(msg=f"cannot connect to the database: {str(exc).strip()}", changed=False)
-        migrator = Migrator(conn, {str(k): str(v) for k, v in p["sql"].items()}, options, p["order"])
-        stop_between_statements(migrator)
-        result = migrator.run(check_mode=module.check_mode)
-    except MigrationError as exc:
-        details = dict(exc.details)
+
+    def error_details(details: dict[str, Any]) -> dict[str, Any]:
         details.setdefault("changed", details.get("state_after") not in (None, details.get("state_before")))
-        module.fail_json(msg=exc.msg, **details)
-    except Exception as exc:  # anything unexpected: report it, never a silent success
-        module.fail_json(msg=f"capital_migrate failed unexpectedly: {exc}", exception=traceback.format_exc())
-    finally:
-        if conn is not None and not conn.closed:
-            conn.close()
-    module.exit_json(**result)
+        return details
+
+    run_module(
+        module,
+        "capital_migrate",
+        lambda conn: Migrator(conn, {str(k): str(v) for k, v in p["sql"].items()}, options, p["order"]),
+        lambda migrator: migrator.run(check_mode=module.check_mode),
+        error_details,
+    )
 
 
 if __name__ == "__main__":

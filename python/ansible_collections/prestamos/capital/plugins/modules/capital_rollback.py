@@ -93,20 +93,12 @@ lock_held:
   type: bool
 """
 
-import traceback
 from typing import Any
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
-from ansible_collections.prestamos.capital.plugins.module_utils.migration import (
-    MigrationError,
-    Options,
-)
-from ansible_collections.prestamos.capital.plugins.module_utils.pg import (
-    HAS_PSYCOPG2,
-    PSYCOPG2_IMPORT_ERROR,
-    connect,
-    connection_argument_spec,
-)
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.prestamos.capital.plugins.module_utils.entry import run_module
+from ansible_collections.prestamos.capital.plugins.module_utils.migration import Options
+from ansible_collections.prestamos.capital.plugins.module_utils.pg import connection_argument_spec
 from ansible_collections.prestamos.capital.plugins.module_utils.rollback import Reverter
 
 
@@ -126,27 +118,19 @@ def argument_spec() -> dict[str, Any]:
 def main() -> None:
     """Thin entry point: Reverter does the work, this adapts parameters and errors."""
     module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
-    if not HAS_PSYCOPG2:
-        module.fail_json(msg=missing_required_lib("psycopg2"), exception=PSYCOPG2_IMPORT_ERROR)
     p = module.params
     options = Options(lock_timeout=p["lock_timeout"], lock_retries=p["lock_retries"], lock_backoff=p["lock_backoff"])
-    conn = None
-    try:
-        try:
-            conn = connect(p, "capital-migrate")
-        except Exception as exc:
-            module.fail_json(msg=f"cannot connect to the database: {str(exc).strip()}", changed=False)
-        reverter = Reverter(conn, p["sql"], options, force=p["force"])
-        result = reverter.run(check_mode=module.check_mode, inspect_only=p["inspect_only"])
-    except MigrationError as exc:
-        details = dict(exc.details)
-        module.fail_json(msg=exc.msg, changed=bool(details.pop("changed", False)), **details)
-    except Exception as exc:  # anything unexpected: report it, never a silent success
-        module.fail_json(msg=f"capital_rollback failed unexpectedly: {exc}", exception=traceback.format_exc())
-    finally:
-        if conn is not None and not conn.closed:
-            conn.close()
-    module.exit_json(**result)
+
+    def error_details(details: dict[str, Any]) -> dict[str, Any]:
+        return {**details, "changed": bool(details.pop("changed", False))}
+
+    run_module(
+        module,
+        "capital_rollback",
+        lambda conn: Reverter(conn, p["sql"], options, force=p["force"]),
+        lambda reverter: reverter.run(check_mode=module.check_mode, inspect_only=p["inspect_only"]),
+        error_details,
+    )
 
 
 if __name__ == "__main__":
