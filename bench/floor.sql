@@ -91,6 +91,8 @@ SELECT p.id, p.id, p.junta_id, p.member_id, round(p.amount::numeric, 2), p.descr
 INSERT INTO "PagoPrestamoNew" (id, original_pago_id, prestamo_id, amount, date)
 SELECT id, id, prestamo_id, round(amount::numeric, 2), date FROM "PagoPrestamo";
 
+ALTER TABLE "PagoPrestamoNew" ADD CONSTRAINT "PagoPrestamoNew_prestamo_id_fkey"
+    FOREIGN KEY (prestamo_id) REFERENCES "PrestamoNew" (id) ON DELETE CASCADE;
 CREATE INDEX capital_pagoprestamo_prestamo_id_idx ON "PagoPrestamo" (prestamo_id);
 
 CREATE TRIGGER capital_sync AFTER INSERT OR UPDATE OR DELETE ON "Accion"

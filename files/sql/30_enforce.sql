@@ -5,8 +5,9 @@
 --          tables (positive amounts on new writes; loan <= available capital,
 --          race-free); CHECK (amount > 0) constraints on legacy tables where
 --          no existing row violates them, VALIDATEd; every existing violation
---          recorded in capital_enforce_violations (never "fixed"); no NOT VALID
---          constraint left behind; phase 'enforced'.
+--          recorded in capital_enforce_violations (never "fixed"); the shadow
+--          payments' foreign key, validated; no NOT VALID constraint left
+--          behind; phase 'enforced'.
 -- Locks:   CREATE TRIGGER: SHARE ROW EXCLUSIVE; ADD CONSTRAINT ... NOT VALID:
 --          ACCESS EXCLUSIVE, brief (no scan); VALIDATE CONSTRAINT: SHARE
 --          UPDATE EXCLUSIVE (scan, writes go on). One per transaction, under
@@ -65,6 +66,24 @@ COMMIT;
 BEGIN;
 SELECT capital_validate_constraint('PagoPrestamo', 'capital_pagoprestamo_amount_positive',
                                    'pagoprestamo_amount_not_positive');
+COMMIT;
+
+-- The shadow payments' foreign key (see 10_expand_tables.sql): added NOT VALID (SHARE ROW EXCLUSIVE on
+-- both shadow tables, brief, no scan), then validated in one pass (SHARE UPDATE EXCLUSIVE: the triggers'
+-- writes go on). A no-op once it is there and valid.
+BEGIN;
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_constraint
+                    WHERE conrelid = '"PagoPrestamoNew"'::regclass AND conname = 'PagoPrestamoNew_prestamo_id_fkey') THEN
+        ALTER TABLE "PagoPrestamoNew" ADD CONSTRAINT "PagoPrestamoNew_prestamo_id_fkey"
+            FOREIGN KEY (prestamo_id) REFERENCES "PrestamoNew" (id) ON DELETE CASCADE NOT VALID;
+    END IF;
+END
+$$;
+COMMIT;
+BEGIN;
+ALTER TABLE "PagoPrestamoNew" VALIDATE CONSTRAINT "PagoPrestamoNew_prestamo_id_fkey";
 COMMIT;
 
 BEGIN;

@@ -211,6 +211,13 @@ BEGIN
 END
 $$;
 
+-- Every shadow payment belongs to a shadow loan, and the database says so (validated, cascading).
+SELECT pg_temp.expect_eq('shadow payments reference shadow loans (validated foreign key, ON DELETE CASCADE)',
+    (SELECT format('%s %s %s', confrelid::regclass, convalidated, confdeltype)
+       FROM pg_constraint
+      WHERE conrelid = to_regclass('public."PagoPrestamoNew"') AND contype = 'f'),
+    '"PrestamoNew" t c');
+
 -- No floating point anywhere in what the migration creates.
 SELECT pg_temp.expect_eq('no FLOAT column in the migration''s tables',
     (SELECT string_agg(format('%s.%s', a.attrelid::regclass, a.attname), ', ')

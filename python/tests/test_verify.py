@@ -324,6 +324,8 @@ def test_verify_sql_passes_and_leaves_nothing(migrated: Database) -> None:
         ("DROP TRIGGER capital_movements_append_only ON capital_movements",
          "FAILED trigger on capital_movements for UPDATE"),
         ('DROP TRIGGER capital_guard ON "Prestamo"', "FAILED a loan above the available capital"),
+        ('ALTER TABLE "PagoPrestamoNew" DROP CONSTRAINT "PagoPrestamoNew_prestamo_id_fkey"',
+         "FAILED shadow payments reference shadow loans"),
     ],
 )
 def test_verify_sql_fails_naming_the_check(scratch: Database, breakage: str, named: str) -> None:
