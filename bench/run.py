@@ -186,6 +186,15 @@ def batch_trend(batches: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def step_seconds(batches: list[dict[str, Any]], phases: dict[str, float]) -> dict[str, float]:
+    """Where the in-process migrate stage spends its time: expand, each backfill step, enforce."""
+    out = {"expand": phases.get("expand", 0.0)}
+    for b in batches:
+        out[b["source"]] = out.get(b["source"], 0.0) + b["seconds"]
+    out["enforce"] = phases.get("enforce", 0.0)
+    return out
+
+
 def plan_check(pg: Cluster, tpl: str) -> dict[str, Any]:
     """One untimed run with auto_explain on every batch statement: does any batch plan scan the ledger?"""
     log = pg.logfile
@@ -482,6 +491,11 @@ def markdown(res: dict[str, Any]) -> str:
                     f"| batch time {source} ({t['batches']} full batches): first 3 vs last 3 | "
                     f"{t['start']:.3f} s -> {t['end']:.3f} s | {t['end_over_start']:.2f}x |"
                 )
+        steps = [m["steps"] for m in r["module"] if "steps" in m]
+        if steps:
+            names = list(dict.fromkeys(k for st in steps for k in st))
+            parts = [f"{k} {statistics.median(st.get(k, 0.0) for st in steps):.2f}" for k in names]
+            lines.append(f"| migrate stage in-process per step, s (median of {len(steps)}) | {' / '.join(parts)} | |")
         if "sweep_seconds" in trend:
             lines.append(f"| loan_number/capital_at_time sweep | {trend['sweep_seconds']:.2f} s | |")
         lines.append("")
@@ -526,7 +540,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 r["floor"].append(measure_floor(pg, tpl))
                 r["dumps"].append(measure_dumps(pg, tpl, workdir))
                 module = measure_module(pg, tpl)
-                module["trend"] = batch_trend(module.pop("batches"))
+                batches = module.pop("batches")
+                module["trend"] = batch_trend(batches)
+                module["steps"] = step_seconds(batches, module["phases"])
                 r["module"].append(module)
                 if i < playbook_runs:
                     r["playbook"].append(measure_playbook(pg, tpl, workdir))
