@@ -141,3 +141,14 @@ FROM pg_constraint
 WHERE connamespace = 'public'::regnamespace
 AND NOT convalidated;
 """
+
+
+def run_sql(db: Any, statement: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Run one statement (or a script without parameters) in its own committed transaction; its rows."""
+    conn = db.connect()
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute(statement, args or None)
+            return list(cur.fetchall()) if cur.description else []
+    finally:
+        conn.close()

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from capital_migrate.pgtmp import Database
+from migration_helpers import run_sql
 from playbook_support import ROOT, PlaybookRun, playbook_env, run_playbook
 
 PLAYBOOK = "playbooks/backup.yml"
@@ -37,29 +38,10 @@ INSERT INTO "Multa" (id, amount, description, status, created_at, junta_id, memb
 NAME = re.compile(r"^(?P<env>[a-z]+)-(?P<db>.+)-(?P<stamp>\d{8}T\d{6}Z)\.dump$")
 
 
-def _execute(db: Database, sql: str) -> None:
-    conn = db.connect()
-    try:
-        with conn, conn.cursor() as cur:
-            cur.execute(sql)
-    finally:
-        conn.close()
-
-
-def _scalar(db: Database, sql: str) -> Any:
-    conn = db.connect()
-    try:
-        with conn, conn.cursor() as cur:
-            cur.execute(sql)
-            return cur.fetchone()[0]
-    finally:
-        conn.close()
-
-
 @pytest.fixture
 def seeded_db(pg_db: Database) -> Database:
-    _execute(pg_db, BASELINE.read_text(encoding="utf-8"))
-    _execute(pg_db, SEED)
+    run_sql(pg_db, BASELINE.read_text(encoding="utf-8"))
+    run_sql(pg_db, SEED)
     return pg_db
 
 
@@ -94,9 +76,9 @@ def test_backup_is_private_verified_and_described_by_its_manifest(seeded_db: Dat
     assert manifest["sha256"] == hashlib.sha256(dump.read_bytes()).hexdigest()
     assert manifest["size"] == dump.stat().st_size
     assert manifest["database"] == seeded_db.name and manifest["capital_env"] == "local"
-    assert manifest["server_version"] == _scalar(seeded_db, "SHOW server_version")
+    assert manifest["server_version"] == run_sql(seeded_db, "SHOW server_version")[0][0]
     assert manifest["pg_dump_version"].startswith("pg_dump (PostgreSQL)")
-    assert manifest["row_counts"] == {t: _scalar(seeded_db, f'SELECT count(*) FROM "{t}"') for t in LEGACY}
+    assert manifest["row_counts"] == {t: run_sql(seeded_db, f'SELECT count(*) FROM "{t}"')[0][0] for t in LEGACY}
     assert seeded_db.env["PGPASSWORD"] not in manifest_path.read_text(encoding="utf-8")
 
     toc = subprocess.run(["pg_restore", "--list", str(dump)], capture_output=True, text=True, check=False)
@@ -150,7 +132,7 @@ def test_restore_test_restores_into_a_scratch_database_and_drops_it(seeded_db: D
     assert run.rc == 0, run.output
     restore = run.report("backup")["restore_test"]
     assert restore["row_counts_match"] is True
-    assert _scalar(seeded_db, "SELECT count(*) FROM pg_database WHERE datname LIKE 'capital_restore_test%'") == 0
+    assert run_sql(seeded_db, "SELECT count(*) FROM pg_database WHERE datname LIKE 'capital_restore_test%'")[0][0] == 0
 
 
 def test_directory_format_dumps_in_parallel_with_a_reproducible_sha256(seeded_db: Database, tmp_path: Path) -> None:
@@ -193,7 +175,7 @@ def tiny_disk(tmp_path: Path) -> Iterator[Path]:
 def test_a_full_disk_fails_the_dump_and_removes_the_partial_file(seeded_db: Database, tiny_disk: Path,
                                                                   tmp_path: Path) -> None:
     # About 4 MB of incompressible text: far more than the 1 MiB filesystem holds, even compressed.
-    _execute(seeded_db, 'INSERT INTO "User" (id, email) SELECT \'big\' || g, md5(g::text) || md5((g * 7)::text) '
+    run_sql(seeded_db, 'INSERT INTO "User" (id, email) SELECT \'big\' || g, md5(g::text) || md5((g * 7)::text) '
                         "FROM generate_series(1, 60000) g")
     backup_dir = tiny_disk / "backups"
 
@@ -216,7 +198,7 @@ def test_check_mode_writes_nothing(seeded_db: Database, tmp_path: Path) -> None:
 def test_a_unique_password_never_reaches_the_output(seeded_db: Database, tmp_path: Path) -> None:
     """A role with a distinctive password runs the backup at -vvv; the password shows nowhere."""
     name, password = f"capital_bk_{uuid.uuid4().hex[:8]}", f"Sekr3t-{uuid.uuid4().hex}"
-    _execute(seeded_db, f"CREATE ROLE {name} LOGIN SUPERUSER PASSWORD '{password}'")
+    run_sql(seeded_db, f"CREATE ROLE {name} LOGIN SUPERUSER PASSWORD '{password}'")
     try:
         env = {**seeded_db.env, "PGUSER": name, "PGPASSWORD": password}
         run = run_playbook(PLAYBOOK, playbook_env(env),
@@ -228,4 +210,4 @@ def test_a_unique_password_never_reaches_the_output(seeded_db: Database, tmp_pat
             if path.is_file():
                 assert password.encode() not in path.read_bytes()
     finally:
-        _execute(seeded_db, f"DROP ROLE {name}")
+        run_sql(seeded_db, f"DROP ROLE {name}")

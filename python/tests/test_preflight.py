@@ -19,6 +19,7 @@ from typing import Any
 import psycopg2
 import pytest
 from capital_migrate.pgtmp import Database
+from migration_helpers import run_sql
 from playbook_support import ROOT, PlaybookRun, playbook_env, run_playbook
 
 PLAYBOOK = "playbooks/preflight.yml"
@@ -61,30 +62,11 @@ INSERT INTO "PagoPrestamo" (id, amount, date, prestamo_id)
 """
 
 
-def _execute(db: Database, sql: str) -> None:
-    conn = db.connect()
-    try:
-        with conn, conn.cursor() as cur:
-            cur.execute(sql)
-    finally:
-        conn.close()
-
-
-def _query(db: Database, sql: str) -> list[tuple[Any, ...]]:
-    conn = db.connect()
-    try:
-        with conn, conn.cursor() as cur:
-            cur.execute(sql)
-            return list(cur.fetchall())
-    finally:
-        conn.close()
-
-
 @pytest.fixture
 def baseline_db(pg_db: Database) -> Database:
     """The throwaway database with the baseline schema and the small clean data set."""
-    _execute(pg_db, BASELINE.read_text(encoding="utf-8"))
-    _execute(pg_db, CLEAN_SEED)
+    run_sql(pg_db, BASELINE.read_text(encoding="utf-8"))
+    run_sql(pg_db, CLEAN_SEED)
     return pg_db
 
 
@@ -117,13 +99,13 @@ def test_preflight_passes_on_clean_data_and_reports_guide_rows(baseline_db: Data
     assert backup_dir.is_dir() and (backup_dir.stat().st_mode & 0o777) == 0o700
 
     # The guide's query, run here independently, returns exactly the rows in the report.
-    expected = sorted(_query(baseline_db, GUIDE_STATE_SQL))
+    expected = sorted(run_sql(baseline_db, GUIDE_STATE_SQL))
     reported = run.report("preflight")["pre_migration_state"]
     got = sorted((r["id"], r["name"], r["prestamos_count"], r["multas_count"], r["acciones_count"]) for r in reported)
     assert got == expected and len(got) == 3
 
     plan = run.report("preflight")["plan"]
-    counts = dict(_query(baseline_db, """SELECT 'Accion', count(*) FROM "Accion" UNION ALL
+    counts = dict(run_sql(baseline_db, """SELECT 'Accion', count(*) FROM "Accion" UNION ALL
         SELECT 'Multa', count(*) FROM "Multa" UNION ALL SELECT 'Prestamo', count(*) FROM "Prestamo"
         UNION ALL SELECT 'PagoPrestamo', count(*) FROM "PagoPrestamo" """))
     backfill = {item["source"]: item for item in plan["backfill"]}
@@ -145,7 +127,7 @@ def test_guide_query_runs_unchanged_in_the_role() -> None:
 
 def _catalog_snapshot(db: Database) -> list[tuple[Any, ...]]:
     """Every relation, function and trigger, plus the table write counters: any change shows."""
-    return _query(db, """
+    return run_sql(db, """
         SELECT 'rel', c.relname, c.relkind::text, c.relnatts::text FROM pg_class c
          WHERE c.relnamespace NOT IN ('pg_catalog'::regnamespace, 'information_schema'::regnamespace)
            AND c.relnamespace::regnamespace::text NOT LIKE 'pg_toast%'
@@ -208,7 +190,7 @@ EXPECTED_DIRTY = {
 
 
 def test_dirty_data_each_kind_is_counted_and_the_policy_decides(baseline_db: Database, backup_dir: Path) -> None:
-    _execute(baseline_db, DIRTY_DATA)
+    run_sql(baseline_db, DIRTY_DATA)
 
     default = preflight(baseline_db.env, backup_dir)
     assert default.rc != 0
@@ -395,7 +377,7 @@ def test_long_transactions_locks_and_another_run_are_reported(baseline_db: Datab
 
 
 def test_a_partly_applied_migration_is_reported_as_resumable(baseline_db: Database, backup_dir: Path) -> None:
-    _execute(baseline_db, 'CREATE TABLE capital_movements (id bigint PRIMARY KEY);'
+    run_sql(baseline_db, 'CREATE TABLE capital_movements (id bigint PRIMARY KEY);'
                           'ALTER TABLE "Junta" ADD COLUMN base_capital numeric(14,2) NOT NULL DEFAULT 0')
     run = preflight(baseline_db.env, backup_dir)
 

@@ -19,6 +19,7 @@ from ansible_collections.prestamos.capital.plugins.module_utils.migration import
 from ansible_collections.prestamos.capital.plugins.module_utils.rollback import ROLLBACK_SCRIPT, Reverter, leftovers
 from capital_migrate.datagen import table_checksums
 from migration_helpers import SQL_DIR, migrate, seed_db
+from migration_helpers import run_sql as query
 
 GUIDE_VERIFY_ROLLBACK = """
 SELECT EXISTS (
@@ -60,17 +61,6 @@ def roll_back(db: Any, force: bool = False, check_mode: bool = False, **options:
     try:
         return Reverter(conn, rollback_sql(), Options(**options), force=force).run(check_mode=check_mode)
     finally:
-        conn.close()
-
-
-def query(db: Any, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    conn = db.connect()
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql, args)
-            return cur.fetchall() if cur.description else []
-    finally:
-        conn.commit()
         conn.close()
 
 
