@@ -505,6 +505,33 @@ def markdown(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def apply_settings(pg: Cluster, settings: Sequence[str]) -> dict[str, str]:
+    """Server settings for an experiment (`--set NAME=VALUE`): ALTER SYSTEM, then a restart; returns them."""
+    applied: dict[str, str] = {}
+    for setting in settings:
+        name, sep, value = setting.partition("=")
+        if not sep or not name.replace("_", "").isalnum() or "'" in value:
+            raise SystemExit(f"--set {setting!r}: expected NAME=VALUE, e.g. --set shared_buffers=1GB")
+        psql(pg, "postgres", "-c", f"ALTER SYSTEM SET {name} = '{value}'")
+        applied[name] = value
+    if applied:
+        pg.restart()
+        for name in applied:
+            applied[name] = psql(pg, "postgres", "-c", f"SHOW {name}").strip()
+        print(f"[bench] server settings: {applied}", file=sys.stderr, flush=True)
+    return applied
+
+
+def add_set_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="server setting for both sides of every comparison (ALTER SYSTEM); repeatable",
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="small,medium", help="comma list of small, medium, large")
@@ -516,6 +543,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-footprint", action="store_true")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", type=Path, default=None, help="JSON results (default bench/results/<time>.json)")
+    add_set_option(parser)
     args = parser.parse_args(argv)
     sizes = [s for s in args.sizes.split(",") if s]
     playbook_runs = args.runs if args.playbook_runs is None else args.playbook_runs
@@ -530,6 +558,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with Cluster() as pg, tempfile.TemporaryDirectory(prefix="capital-bench-") as tmp:
         workdir = Path(tmp)
         os.chmod(workdir, 0o700)
+        res["settings"] = apply_settings(pg, args.set)
         needed = set(sizes) | ({args.footprint_size, args.lock_size} if not args.no_footprint else set())
         datasets = {s: prepare(pg, s, args.seed) for s in sorted(needed)}
         for size in sizes:

@@ -47,8 +47,12 @@ def one_round(pg: Cluster, work: Path, n: int, batch_size: int, pause: float) ->
     npick, nrich = (int(x) for x in counts.strip().split("|"))
     prefix = work / f"tail{n}"
     load = subprocess.Popen(
-        B.pgbench_cmd(prefix, 40, 40, npick, nrich), env=B.tool_env(pg, db), cwd=work,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        B.pgbench_cmd(prefix, 40, 40, npick, nrich),
+        env=B.tool_env(pg, db),
+        cwd=work,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     time.sleep(3)
     marks: dict[str, float] = {}
@@ -92,8 +96,10 @@ def main() -> int:
     parser.add_argument("--pause", type=float, default=0.0, help="seconds slept after every backfill batch")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--seed", type=int, default=1)
+    B.add_set_option(parser)
     args = parser.parse_args()
     with Cluster() as pg, tempfile.TemporaryDirectory(prefix="capital-tail-") as tmp:
+        B.apply_settings(pg, args.set)
         B.prepare(pg, "medium", args.seed)
         for n in range(args.rounds):
             one_round(pg, Path(tmp), n, args.batch_size, args.pause)
