@@ -17,9 +17,9 @@
 \ir ../files/sql/12_functions.sql
 
 BEGIN;
--- Indexes are cheaper to build once than to maintain row by row.
+-- Indexes are cheaper to build once than to maintain row by row (the junta index is not there yet: the
+-- migration builds it after its ledger steps too).
 DROP INDEX capital_movements_source_seq_key;
-DROP INDEX capital_movements_junta_created_idx;
 
 INSERT INTO capital_movements (junta_id, type, direction, amount, description, created_at,
                                accion_id, multa_id, prestamo_id, pago_id, seq)
@@ -44,7 +44,8 @@ SELECT s.junta_id, s.type, CASE WHEN s.c > 0 THEN 'INCREASE' ELSE 'DECREASE' END
 
 CREATE UNIQUE INDEX capital_movements_source_seq_key
     ON capital_movements ((coalesce(accion_id, multa_id, prestamo_id, pago_id)), type, seq);
-CREATE INDEX capital_movements_junta_created_idx ON capital_movements (junta_id, created_at);
+CREATE INDEX capital_movements_junta_created_idx ON capital_movements (junta_id, created_at)
+    INCLUDE (type, direction, amount);
 -- Fresh statistics (~0.1 s): without them the junta update below is planned as a nested loop over the
 -- ledger aggregate (seconds instead of milliseconds).
 ANALYZE capital_movements;

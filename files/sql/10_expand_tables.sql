@@ -82,8 +82,9 @@ CREATE TABLE IF NOT EXISTS capital_movements (
 -- corrections with the same number: the backfill relies on this, not on hope.
 CREATE UNIQUE INDEX IF NOT EXISTS capital_movements_source_seq_key
     ON capital_movements ((coalesce(accion_id, multa_id, prestamo_id, pago_id)), type, seq);
-CREATE INDEX IF NOT EXISTS capital_movements_junta_created_idx
-    ON capital_movements (junta_id, created_at);
+-- The junta index (capital_movements_junta_created_idx) is not built here: 20_backfill.sql builds it once
+-- over the complete ledger, before the steps that read it (maintained entry by entry during the ledger
+-- steps it cost more than building it, BENCHMARKS.md). Nothing before those steps reads the ledger by junta.
 
 CREATE OR REPLACE FUNCTION capital_movements_append_only() RETURNS trigger
 LANGUAGE plpgsql AS $$

@@ -107,6 +107,24 @@ BEGIN
 END
 $$;
 
+-- The statements that leave the index p_name valid, for \gexec: none when it is valid; otherwise a DROP INDEX
+-- CONCURRENTLY of an INVALID leftover (a build that was killed, or that gave up after lock_timeout while
+-- waiting for an application transaction) followed by p_create. The caller runs them as ONE unit, so a
+-- retried unit drops and rebuilds: CREATE INDEX CONCURRENTLY IF NOT EXISTS would skip the invalid index as
+-- "already exists" and leave the triggers with an index nothing can use (test_migration_concurrency.py).
+CREATE OR REPLACE FUNCTION capital_index_statements(p_name text, p_create text) RETURNS SETOF text
+LANGUAGE sql STABLE AS $$
+    SELECT s.statement FROM (
+        SELECT 1 AS step, format('DROP INDEX CONCURRENTLY IF EXISTS %s', i.indexrelid::regclass) AS statement
+          FROM pg_index i
+         WHERE i.indexrelid = to_regclass(p_name) AND NOT i.indisvalid
+        UNION ALL
+        SELECT 2, p_create
+         WHERE NOT EXISTS (SELECT 1 FROM pg_index i WHERE i.indexrelid = to_regclass(p_name) AND i.indisvalid)
+    ) s
+    ORDER BY s.step
+$$;
+
 CREATE OR REPLACE FUNCTION capital_phase() RETURNS text
 LANGUAGE sql STABLE AS $$ SELECT phase FROM capital_migration_state $$;
 
@@ -549,6 +567,15 @@ BEGIN
         RETURN QUERY SELECT 'complete'::text, 0, true, true;
         RETURN;
     END IF;
+    -- The junta steps read each junta's movements through capital_movements_junta_created_idx, which
+    -- 20_backfill.sql builds once the ledger steps are done (CONCURRENTLY, which no function can do). Until
+    -- it is valid, return 'junta_index' (rows -2) and let the caller build it and call again.
+    IF v_source IN ('Junta', 'PrestamoNew') AND NOT EXISTS (
+           SELECT 1 FROM pg_index i
+            WHERE i.indexrelid = to_regclass('capital_movements_junta_created_idx') AND i.indisvalid) THEN
+        RETURN QUERY SELECT 'junta_index'::text, -2, false, false;
+        RETURN;
+    END IF;
     IF v_source = 'PrestamoNew' AND v_phase = 'backfilling' THEN
         RAISE EXCEPTION 'backfill progress is inconsistent: sweep pending in phase %', v_phase USING ERRCODE = '55000';
     END IF;
@@ -585,7 +612,8 @@ BEGIN
 END
 $$;
 
--- The same loop for operators using psql: one transaction per batch.
+-- The same loop for operators using psql: one transaction per batch. Returns when everything is done, or
+-- when the next step needs the junta index that is not built yet (20_backfill.sql).
 CREATE OR REPLACE PROCEDURE capital_backfill_run(p_batch integer)
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -594,7 +622,7 @@ BEGIN
     LOOP
         SELECT * INTO r FROM capital_backfill_step(p_batch);
         COMMIT;
-        EXIT WHEN r.all_done;
+        EXIT WHEN r.all_done OR r.source = 'junta_index';  -- 20_backfill.sql builds it, then calls again
         IF r.rows_done < 0 THEN
             PERFORM pg_sleep(0.2);  -- waiting for transactions older than the phase flip
         END IF;

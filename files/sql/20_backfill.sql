@@ -1,21 +1,41 @@
--- 20_backfill.sql -- backfill: ledger, junta columns, shadow tables.
+-- 20_backfill.sql -- backfill: ledger, junta index, junta columns, shadow tables.
 --
 -- Expects: phase 'expanded' or later (the sync triggers are live, so writes
 --          made by the application from now on are already tracked).
 -- Leaves:  a seq 0 movement for every existing capital-affecting source row,
---          a shadow row for every legacy loan and payment, the "Junta"
---          columns recomputed from the ledger, loan_number/capital_at_time
---          filled; phase 'ledger_complete'.
+--          a shadow row for every legacy loan and payment, the ledger's junta
+--          index (valid, vacuumed), the "Junta" columns recomputed from the
+--          ledger, loan_number/capital_at_time filled; phase 'ledger_complete'.
 -- Locks:   row locks only (FOR SHARE on a batch of source rows, FOR NO KEY
---          UPDATE on a batch of juntas), one transaction per batch.
+--          UPDATE on a batch of juntas), one transaction per batch; the index
+--          build and VACUUM take SHARE UPDATE EXCLUSIVE on capital_movements
+--          only (the application's writes go on).
 --
 -- capital_backfill_run() calls capital_backfill_step() until it reports
 -- all_done, committing after every batch; progress is kept in
 -- capital_backfill_progress in the same transaction as the batch, so a run
 -- killed at any point resumes exactly where it stopped.
 --
--- The capital_migrate module does NOT execute this file: files numbered 2x
--- are run from Python as the same loop (one capital_backfill_step() call per
--- transaction), so it can time batches, apply statement_timeout and retry a
--- batch on lock timeouts. Operators using psql get the procedure below.
+-- The capital_migrate module does NOT execute the CALL lines: it runs the
+-- same loop from Python (one capital_backfill_step() call per transaction), so
+-- it can time batches, apply statement_timeout and retry a batch on lock
+-- timeouts. The other statements it runs as they are, like psql.
+
+-- 1. The ledger steps (Accion, Multa, Prestamo, PagoPrestamo). Returns early
+--    when the next step needs the junta index and it is not built yet.
+CALL capital_backfill_run(:batch_size);
+
+-- 2. The junta index, built once over the complete ledger: the junta steps,
+--    calculate_available_capital() and the guide's queries read the ledger by
+--    junta. INCLUDE: the junta recompute and the sweep read only these columns
+--    (index-only scans once VACUUM has set the visibility map). A build that
+--    was killed or gave up after lock_timeout left it INVALID: rebuilt here.
+SELECT capital_index_statements('capital_movements_junta_created_idx',
+    'CREATE INDEX CONCURRENTLY capital_movements_junta_created_idx ON capital_movements (junta_id, created_at)'
+    ' INCLUDE (type, direction, amount)')
+\gexec
+VACUUM (ANALYZE) capital_movements;
+
+-- 3. The junta steps: "Junta" columns from the ledger (then phase
+--    ledger_complete), loan_number/capital_at_time sweep.
 CALL capital_backfill_run(:batch_size);

@@ -280,6 +280,14 @@ BEGIN
 END
 $$;
 
+-- Every index the migration builds CONCURRENTLY is present and valid: a build that was killed, or gave up
+-- after lock_timeout, leaves an INVALID index nothing uses (the triggers' lookups would scan whole tables).
+SELECT pg_temp.expect_true('index ' || i || ' is valid',
+           EXISTS (SELECT 1 FROM pg_index x
+                    WHERE x.indexrelid = to_regclass('public.' || i) AND x.indisvalid AND x.indisready),
+           'index public.' || i || ' is missing or INVALID: rerun migrate.yml, which rebuilds it')
+  FROM unnest(ARRAY['capital_pagoprestamo_prestamo_id_idx', 'capital_movements_junta_created_idx']) AS i;
+
 -- ---------------------------------------------------------------------------------------------------
 -- 2. Fixtures
 -- ---------------------------------------------------------------------------------------------------

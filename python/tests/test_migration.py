@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import psycopg2
 import pytest
 from ansible_collections.prestamos.capital.plugins.module_utils.migration import (
     Interrupted,
@@ -149,6 +150,55 @@ def test_rerun_after_interruption_ends_in_the_same_state_row_by_row(pg_cluster, 
                 cur.execute("SELECT outcome FROM capital_migration_history ORDER BY id")
                 outcomes = [r[0] for r in cur.fetchall()]
             assert outcomes[-1] == "applied" and set(outcomes[:-1]) <= {"failed"}
+        finally:
+            ref_conn.close()
+            vic_conn.close()
+
+
+def test_rerun_rebuilds_a_junta_index_left_invalid_between_ledger_and_junta_steps(pg_cluster) -> None:
+    """Stopped after the ledger steps with the junta index left INVALID (as by a killed or timed-out CREATE
+    INDEX CONCURRENTLY): the rerun drops it, builds the real one and ends in the reference state."""
+    from capital_migrate.pgtmp import temporary_database
+    from migration_helpers import run_sql
+
+    with temporary_database(pg_cluster) as reference, temporary_database(pg_cluster) as victim:
+        for db in (reference, victim):
+            seed_db(db, juntas=3, dirty=True)
+        migrate(reference, batch_size=40)
+        counts = run_sql(
+            victim,
+            'SELECT (SELECT count(*) FROM "Accion"), (SELECT count(*) FROM "Multa"), '
+            '(SELECT count(*) FROM "Prestamo"), (SELECT count(*) FROM "PagoPrestamo")',
+        )[0]
+        ledger_batches = sum(n // 40 + 1 for n in counts)  # the last batch of a source is the short one
+        with pytest.raises(Interrupted):
+            migrate(victim, batch_size=40, stop_after_batches=ledger_batches)
+        assert run_sql(victim, "SELECT source, done FROM capital_backfill_progress ORDER BY source") == [
+            ("Accion", True), ("Junta", False), ("Multa", True), ("PagoPrestamo", True), ("Prestamo", True),
+            ("PrestamoNew", False),
+        ]
+        # A build that failed half-way leaves an INVALID index under the name (here: a UNIQUE build that
+        # meets duplicates).
+        conn = victim.connect()
+        conn.autocommit = True
+        try:
+            with conn.cursor() as cur, pytest.raises(psycopg2.Error, match="could not create unique index"):
+                cur.execute("CREATE UNIQUE INDEX CONCURRENTLY capital_movements_junta_created_idx"
+                            " ON capital_movements (junta_id)")
+        finally:
+            conn.close()
+        index = "SELECT indisvalid, pg_get_indexdef(indexrelid) FROM pg_index" \
+                " WHERE indexrelid = to_regclass('capital_movements_junta_created_idx')"
+        assert run_sql(victim, index)[0][0] is False
+        resumed = migrate(victim, batch_size=40)
+        assert resumed["state_before"] == "partial" and resumed["state_after"] == "applied"
+        assert run_sql(victim, index) == run_sql(reference, index)
+        valid, definition = run_sql(victim, index)[0]
+        assert valid is True and "UNIQUE" not in definition and "INCLUDE (type, direction, amount)" in definition
+        ref_conn, vic_conn = reference.connect(), victim.connect()
+        try:
+            assert capital_mismatches(vic_conn) == []
+            assert snapshot(vic_conn) == snapshot(ref_conn)
         finally:
             ref_conn.close()
             vic_conn.close()

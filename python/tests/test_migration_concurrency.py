@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 import uuid
 from typing import Any
 
 import psycopg2
 import pytest
-from migration_helpers import capital_mismatches, migrate, seed_db, shadow_mismatches
+from migration_helpers import capital_mismatches, migrate, run_sql, seed_db, shadow_mismatches
 
 RETRY = {"40P01", "40001", "CAP01", "23514"}
 
@@ -207,3 +208,51 @@ def test_updates_and_deletes_after_migration_keep_figures_exact(pg_db, dirty: bo
         conn.rollback()
     finally:
         conn.close()
+
+
+def _invalid_index(db: Any, name: str) -> bool:
+    conn = db.connect()
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT NOT indisvalid FROM pg_index WHERE indexrelid = to_regclass(%s)", (name,))
+            row = cur.fetchone()
+            return bool(row and row[0])
+    finally:
+        conn.close()
+
+
+def test_index_build_timed_out_by_a_writer_is_rebuilt_valid_on_retry(pg_db) -> None:
+    """CREATE INDEX CONCURRENTLY that gives up waiting for an application writer (lock_timeout) leaves an
+    INVALID index behind: the retry must drop and rebuild it, not skip it as "already exists" and go on with
+    an index nothing can use (the triggers' lookups would then scan the whole table)."""
+    seed_db(pg_db, juntas=2)
+    index = "capital_pagoprestamo_prestamo_id_idx"
+    writer = pg_db.connect()
+    with writer.cursor() as cur:
+        # An application transaction in flight on "PagoPrestamo": the build waits for it once its catalog
+        # entry exists, and gives up after lock_timeout.
+        cur.execute('LOCK TABLE "PagoPrestamo" IN ROW EXCLUSIVE MODE')
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["result"] = migrate(pg_db, lock_timeout="300ms", lock_retries=3, lock_backoff=2.0)
+        except Exception as exc:  # reported by the assertion below
+            outcome["error"] = exc
+
+    migration = threading.Thread(target=run)
+    migration.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not _invalid_index(pg_db, index):
+            assert time.monotonic() < deadline, "the index build never started"
+            time.sleep(0.05)
+        time.sleep(1.0)  # past the first attempt's lock_timeout, well inside the 2 s backoff before the retry
+    finally:
+        writer.commit()
+        writer.close()
+        migration.join()
+    assert "error" not in outcome, outcome.get("error")
+    assert outcome["result"]["lock_retries"] >= 1
+    rows = run_sql(pg_db, "SELECT indisvalid, indisready FROM pg_index WHERE indexrelid = to_regclass(%s)", (index,))
+    assert rows == [(True, True)]

@@ -326,6 +326,9 @@ def test_verify_sql_passes_and_leaves_nothing(migrated: Database) -> None:
         ('DROP TRIGGER capital_guard ON "Prestamo"', "FAILED a loan above the available capital"),
         ('ALTER TABLE "PagoPrestamoNew" DROP CONSTRAINT "PagoPrestamoNew_prestamo_id_fkey"',
          "FAILED shadow payments reference shadow loans"),
+        # Marked INVALID as a killed CREATE INDEX CONCURRENTLY leaves it (the test cluster's user is superuser).
+        ("UPDATE pg_index SET indisvalid = false WHERE indexrelid = 'capital_movements_junta_created_idx'::regclass",
+         "FAILED index capital_movements_junta_created_idx is valid"),
     ],
 )
 def test_verify_sql_fails_naming_the_check(scratch: Database, breakage: str, named: str) -> None:

@@ -8,8 +8,9 @@ pieces (its ``\\ir`` lines); the checksum covers that script and the pieces, in 
 ``BEGIN; ...; COMMIT;`` delimits a transaction the runner executes (and retries) as one unit with
 ``SET LOCAL lock_timeout``; a statement outside such a block runs on its own in autocommit (CREATE INDEX
 CONCURRENTLY); ``<query> \\gexec`` runs the query and executes each value it returns, like psql. The file
-name's first digit names the phase: 1x expand, 2x backfill (not executed: the runner drives the same
-``capital_backfill_step()`` loop from Python, one transaction per batch), 3x enforce.
+name's first digit names the phase: 1x expand, 2x backfill, 3x enforce. In a backfill piece, a ``CALL
+capital_backfill_run(...)`` statement is not executed: the runner drives the same ``capital_backfill_step()``
+loop from Python, one transaction per batch; the piece's other statements run like any others.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ MAIN_SCRIPT = "add_capital_tracking.sql"
 APPLICATION_NAME = "capital-migrate"
 RETRYABLE_SQLSTATES = frozenset({"55P03", "40P01"})  # lock_not_available, deadlock_detected
 _IR_LINE = re.compile(r"^\\ir\s+(\S+)\s*$", re.MULTILINE)
+_BACKFILL_CALL = re.compile(r"^CALL\s+capital_backfill_run\s*\(", re.IGNORECASE)
 _DURATION = re.compile(r"^\s*(\d+)\s*(ms|s|min)?\s*$")
 _UNITS_MS = {None: 1, "ms": 1, "s": 1000, "min": 60000}
 
@@ -557,14 +559,14 @@ class Migrator(UnitRunner):
                 work, f"backfill batch {self.batches + 1}"
             )
             stats.attempts += attempts
-            if source != "complete":
+            if source not in ("complete", "junta_index"):
                 self.batches += 1
                 stats.statements += 1
                 if rows > 0:
                     self.rows_backfilled[source] = self.rows_backfilled.get(source, 0) + rows
                 if self.options.after_batch is not None:
                     self.options.after_batch(self.batches)
-            if all_done:
+            if all_done or source == "junta_index":  # the piece builds the junta index, then calls again
                 break
             if rows < 0:
                 time.sleep(0.2)  # barrier: transactions older than the ledger_complete flip still running
@@ -692,14 +694,14 @@ class Migrator(UnitRunner):
             )
         try:
             for name in self.pieces:
-                if phase_of(name) == "backfill":
-                    self._open_history()
-                    self._backfill()
-                else:
-                    for unit in self.units[name]:
-                        self._stop_if_requested(f"before {unit.file}:{unit.line}")
-                        self._run_unit(unit)
+                for unit in self.units[name]:
+                    self._stop_if_requested(f"before {unit.file}:{unit.line}")
+                    if phase_of(name) == "backfill" and _BACKFILL_CALL.match(unit.statements[0].bare):
                         self._open_history()
+                        self._backfill()
+                    else:
+                        self._run_unit(unit)
+                    self._open_history()
                 if self.options.stop_after_file == name:
                     raise Interrupted(f"stopped after {name}")
             violations = self._violations()
