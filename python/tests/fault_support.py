@@ -187,6 +187,7 @@ class Point:
     task: str | None = None  # regex on the run's stdout
     rows: int | None = None  # sum of capital_backfill_progress.rows_done reached
     phase: str | None = None  # capital_migration_state.phase reached
+    sql: str | None = None  # a query whose first column turns true
 
     def reach(self, run: Playbook, db: Any, timeout: float = 300) -> bool:
         """Block until the point is reached; False when the run ended before it."""
@@ -206,6 +207,9 @@ class Point:
         return False
 
     def _reached(self, cur: Any) -> bool:
+        if self.sql is not None:
+            cur.execute(self.sql)
+            return bool(cur.fetchone()[0])
         if self.rows is not None:
             cur.execute("SELECT to_regclass('capital_backfill_progress') IS NOT NULL")
             if not cur.fetchone()[0]:
@@ -219,6 +223,44 @@ class Point:
         cur.execute("SELECT phase FROM capital_migration_state")
         row = cur.fetchone()
         return row is not None and order.index(row[0]) >= order.index(str(self.phase))
+
+
+@contextlib.contextmanager
+def ledger_gate(db: Any) -> Iterator[None]:
+    """Holds the junta index build open: an application transaction that wrote the ledger and has not
+    committed (ROW EXCLUSIVE on capital_movements, taken as soon as the table exists). The backfill's own
+    inserts go on beside it; CREATE INDEX CONCURRENTLY waits for it (until lock_timeout, then retries), so a
+    fault can hit the build in flight instead of racing a build of a few milliseconds. Released on exit."""
+    stop = threading.Event()
+    held = threading.Event()
+
+    def hold() -> None:
+        conn = db.connect()
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SET application_name = 'fault-ledger-gate'")
+                while not stop.is_set():
+                    cur.execute("SELECT to_regclass('capital_movements') IS NOT NULL")
+                    if cur.fetchone()[0]:
+                        cur.execute("LOCK TABLE capital_movements IN ROW EXCLUSIVE MODE")
+                        held.set()
+                        break
+                    conn.rollback()
+                    time.sleep(0.01)
+                stop.wait()
+        except psycopg2.Error:
+            pass  # the fault may crash the server under the gate: nothing is left to hold
+        finally:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    thread = threading.Thread(target=hold, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(30)
 
 
 # -- the application -------------------------------------------------------------------------------------

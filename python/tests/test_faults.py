@@ -17,6 +17,7 @@ docs/reliability.md lists what is covered and how to reproduce one case.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -36,6 +37,7 @@ from fault_support import (
     catalog_state,
     check_legacy,
     check_state,
+    ledger_gate,
     legacy_checksums,
     status,
     terminate_migration,
@@ -103,6 +105,13 @@ def points(total: int) -> dict[str, Point]:
         "backfill:batch-1": Point("backfill:batch-1", rows=BATCH),
         "backfill:40%": Point("backfill:40%", rows=int(total * 0.4)),
         "backfill:90%": Point("backfill:90%", rows=int(total * 0.9)),
+        # The junta index being built (CREATE INDEX CONCURRENTLY, held open by ledger_gate): between the ledger
+        # steps and the junta steps.
+        "backfill:junta-index": Point(
+            "backfill:junta-index",
+            sql="SELECT EXISTS (SELECT 1 FROM pg_stat_progress_create_index"
+            " WHERE relid = to_regclass('capital_movements'))",
+        ),
         "migrate:enforce": Point("migrate:enforce", phase="ledger_complete"),
         "migrate->verify": Point("migrate->verify", task=r"TASK \[run \| Note that the verify stage has started"),
     }
@@ -152,11 +161,14 @@ MATRIX = {
     "sigkill": ["backup:pg_dump", "backup->migrate", "backfill:batch-1", "backfill:40%", "migrate:enforce",
                 "migrate->verify"],
     "sigkill-all": ["preflight->backup", "backup:pg_dump", "migrate:expand", "backfill:batch-1",
-                      "backfill:90%", "migrate:enforce", "migrate->verify"],
-    "sigint": ["backup:pg_dump", "migrate:expand", "backfill:40%", "migrate:enforce", "migrate->verify"],
+                      "backfill:90%", "backfill:junta-index", "migrate:enforce", "migrate->verify"],
+    "sigint": ["backup:pg_dump", "migrate:expand", "backfill:40%", "backfill:junta-index", "migrate:enforce",
+               "migrate->verify"],
     "sigterm": ["backup->migrate", "migrate:expand", "backfill:batch-1", "backfill:90%", "migrate:enforce"],
-    "terminate-backend": ["migrate:expand", "backfill:batch-1", "backfill:40%", "backfill:90%", "migrate:enforce"],
-    "server-crash": ["backup:pg_dump", "migrate:expand", "backfill:40%", "migrate:enforce", "migrate->verify"],
+    "terminate-backend": ["migrate:expand", "backfill:batch-1", "backfill:40%", "backfill:90%",
+                          "backfill:junta-index", "migrate:enforce"],
+    "server-crash": ["backup:pg_dump", "migrate:expand", "backfill:40%", "backfill:junta-index", "migrate:enforce",
+                     "migrate->verify"],
 }
 FAST = {("sigterm", "backfill:40%")}
 CASES = [(fault, point) for fault, pts in MATRIX.items() for point in pts]
@@ -204,12 +216,14 @@ def test_fault_leaves_a_documented_recoverable_state(
     before = legacy_checksums(conn)
     conn.close()
     backups = Backups(tmp_path / "backups")
+    gate = ledger_gate(fdb) if point == "backfill:junta-index" else contextlib.nullcontext()
     with application(fdb) as writer:
         run = Playbook(fdb.env, "migrate.yml", tmp_path, *MIGRATE_ARGS)
         try:
-            reached = points(source_rows)[point].reach(run, fdb)
-            assert reached, f"the run ended before {point}:\n{run.output[-3000:]}"
-            FAULTS[fault].inject(run, fdb)
+            with gate:
+                reached = points(source_rows)[point].reach(run, fdb)
+                assert reached, f"the run ended before {point}:\n{run.output[-3000:]}"
+                FAULTS[fault].inject(run, fdb)
             rc = settle(run, fdb)
         finally:
             run.reap()

@@ -256,3 +256,44 @@ def test_index_build_timed_out_by_a_writer_is_rebuilt_valid_on_retry(pg_db) -> N
     assert outcome["result"]["lock_retries"] >= 1
     rows = run_sql(pg_db, "SELECT indisvalid, indisready FROM pg_index WHERE indexrelid = to_regclass(%s)", (index,))
     assert rows == [(True, True)]
+
+
+def test_stop_asked_while_a_statement_waits_for_a_lock_reports_the_interruption(pg_db) -> None:
+    """Ctrl-C/SIGTERM while a DDL waits for a lock: the wait is not retried, and the run stops saying it was
+    interrupted and how to resume, not with a bare lock timeout the operator would have to interpret."""
+    from ansible_collections.prestamos.capital.plugins.module_utils.migration import MigrationError, Migrator, Options
+    from migration_helpers import sql_files
+
+    seed_db(pg_db, juntas=2)
+    holder = pg_db.connect()
+    with holder.cursor() as cur:
+        cur.execute('SELECT count(*) FROM "Junta"')  # ACCESS SHARE until rollback: ADD COLUMN must wait
+    conn = pg_db.connect()
+    migrator = Migrator(conn, sql_files(), Options(lock_timeout="1s", lock_retries=5, lock_backoff=0.2))
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            migrator.run()
+        except MigrationError as exc:
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not run_sql(pg_db, "SELECT 1 FROM pg_stat_activity WHERE application_name = 'capital-migrate'"
+                                 " AND wait_event_type = 'Lock'"):
+            assert time.monotonic() < deadline and thread.is_alive(), "the migration never waited for the lock"
+            time.sleep(0.02)
+        migrator.request_stop("SIGINT")  # what the module's signal handler does
+        thread.join(30)
+    finally:
+        holder.rollback()
+        holder.close()
+        thread.join()
+        conn.close()
+    err = outcome["error"]
+    assert err.details.get("interrupted") is True and err.details["signal"] == "SIGINT", err.msg
+    assert "rerun migrate.yml" in err.msg.lower()
+    assert migrate(pg_db)["state_after"] == "applied"

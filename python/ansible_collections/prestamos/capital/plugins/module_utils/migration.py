@@ -426,6 +426,10 @@ class UnitRunner:
                     self.lock_retries += 1
                     time.sleep(self._backoff(attempt))
                     continue
+                if pgcode in RETRYABLE_SQLSTATES and stopping:
+                    # The unit only waited for a lock and was not retried because a stop was asked for: that
+                    # is the interruption, and the operator needs its resume instructions, not a lock error.
+                    self._stop_if_requested(f"while {where} waited for a lock (not retried)")
                 message = (getattr(exc, "pgerror", None) or str(exc)).strip()
                 gave_up = pgcode in RETRYABLE_SQLSTATES
                 raise MigrationError(
