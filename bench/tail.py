@@ -1,6 +1,6 @@
 """Where the application's slowest transactions fall while the migration runs (`python -m bench.tail`).
 
-Loads `medium`, then, twice: the footprint load of bench.run (pgbench -c 4 -j 2 -R 40, 40 s) with the
+Loads `medium`, then, twice: the footprint load of bench.run (pgbench -c 4 -j 2 -R 40, 60 s by default) with the
 in-process migration started 3 s in, and prints the p99/max latency of the application's transactions in
 each window (before, expand, backfill, enforce, after) and the slowest ones with their time from the
 migration's start. `--batch-size` and `--pause` (seconds slept after every backfill batch: a throttle)
@@ -40,14 +40,14 @@ def windows(rows: list[tuple[float, float, str]], marks: dict[str, float]) -> di
     }
 
 
-def one_round(pg: Cluster, work: Path, n: int, batch_size: int, pause: float) -> None:
+def one_round(pg: Cluster, work: Path, n: int, batch_size: int, pause: float, seconds: int) -> None:
     db = B.clone(pg, "tpl_medium", f"tail{n}")
     B.psql(pg, db, "-f", str(B.BENCH / "pgbench" / "setup.sql"))
     counts = B.psql(pg, db, "-c", "SELECT (SELECT count(*) FROM bench_pick), (SELECT count(*) FROM bench_rich)")
     npick, nrich = (int(x) for x in counts.strip().split("|"))
     prefix = work / f"tail{n}"
     load = subprocess.Popen(
-        B.pgbench_cmd(prefix, 40, 40, npick, nrich),
+        B.pgbench_cmd(prefix, seconds, 40, npick, nrich),
         env=B.tool_env(pg, db),
         cwd=work,
         stdout=subprocess.PIPE,
@@ -95,6 +95,7 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=5000)
     parser.add_argument("--pause", type=float, default=0.0, help="seconds slept after every backfill batch")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--seconds", type=int, default=60, help="load duration (outlast the migration)")
     parser.add_argument("--seed", type=int, default=1)
     B.add_set_option(parser)
     args = parser.parse_args()
@@ -102,7 +103,7 @@ def main() -> int:
         B.apply_settings(pg, args.set)
         B.prepare(pg, "medium", args.seed)
         for n in range(args.rounds):
-            one_round(pg, Path(tmp), n, args.batch_size, args.pause)
+            one_round(pg, Path(tmp), n, args.batch_size, args.pause, args.seconds)
     return 0
 
 
