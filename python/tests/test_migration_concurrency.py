@@ -211,14 +211,7 @@ def test_updates_and_deletes_after_migration_keep_figures_exact(pg_db, dirty: bo
 
 
 def _invalid_index(db: Any, name: str) -> bool:
-    conn = db.connect()
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT NOT indisvalid FROM pg_index WHERE indexrelid = to_regclass(%s)", (name,))
-            row = cur.fetchone()
-            return bool(row and row[0])
-    finally:
-        conn.close()
+    return run_sql(db, "SELECT NOT indisvalid FROM pg_index WHERE indexrelid = to_regclass(%s)", (name,)) == [(True,)]
 
 
 def test_index_build_timed_out_by_a_writer_is_rebuilt_valid_on_retry(pg_db) -> None:
