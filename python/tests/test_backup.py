@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from capital_migrate.pgtmp import Database
 from migration_helpers import run_sql
-from playbook_support import ROOT, PlaybookRun, playbook_env, run_playbook
+from playbook_support import ANSIBLE_PLAYBOOK, ROOT, PlaybookRun, playbook_env, run_playbook
 
 PLAYBOOK = "playbooks/backup.yml"
 BASELINE = ROOT / "files" / "sql" / "baseline" / "baseline_schema.sql"
@@ -196,18 +196,88 @@ def test_check_mode_writes_nothing(seeded_db: Database, tmp_path: Path) -> None:
 
 
 def test_a_unique_password_never_reaches_the_output(seeded_db: Database, tmp_path: Path) -> None:
-    """A role with a distinctive password runs the backup at -vvv; the password shows nowhere."""
-    name, password = f"capital_bk_{uuid.uuid4().hex[:8]}", f"Sekr3t-{uuid.uuid4().hex}"
+    """A role with a distinctive password runs the backup at -vvv; the password shows nowhere. Its ':' and
+    '\\' must be escaped in the pgpass file pg_dump reads, or the dump cannot log in."""
+    name, password = f"capital_bk_{uuid.uuid4().hex[:8]}", f"Sek:r3t\\-{uuid.uuid4().hex}"
     run_sql(seeded_db, f"CREATE ROLE {name} LOGIN SUPERUSER PASSWORD '{password}'")
     try:
-        env = {**seeded_db.env, "PGUSER": name, "PGPASSWORD": password}
+        env = {**seeded_db.env, "PGUSER": name, "PGPASSWORD": password, "TMPDIR": str(tmp_path / "t")}
+        (tmp_path / "t").mkdir()
         run = run_playbook(PLAYBOOK, playbook_env(env),
                            {"capital_backup_dir": str(tmp_path / "b"), "capital_report_dir": str(tmp_path / "r")},
                            args=["-vvv"])
         assert run.rc == 0, run.output
-        assert password not in run.output
-        for path in (tmp_path / "b").iterdir():
+        assert password not in run.output and password.replace("\\", "\\\\") not in run.output
+        for path in tmp_path.rglob("*"):
             if path.is_file():
-                assert password.encode() not in path.read_bytes()
+                assert password.encode() not in path.read_bytes(), path
+        assert list((tmp_path / "t").iterdir()) == []  # the (escaped) pgpass file is gone too
     finally:
         run_sql(seeded_db, f"DROP ROLE {name}")
+
+
+# -- capital_backup_seal, run alone (ansible localhost -m ...) on dumps damaged by hand --------------------
+def seal(partial: Path, path: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    args = {"partial": str(partial), "path": str(path), "format": "custom",
+            "manifest": {"database": "x", "capital_env": "local"}}
+    return subprocess.run([str(Path(ANSIBLE_PLAYBOOK).with_name("ansible")), "localhost", "-i",
+                           str(ROOT / "inventories" / "local"), "-m", "prestamos.capital.capital_backup_seal",
+                           "-a", json.dumps(args)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False)
+
+
+@pytest.fixture
+def fresh_dump(seeded_db: Database, tmp_path: Path) -> bytes:
+    """A real custom-format dump of the seeded database, with enough rows for several data blocks."""
+    run_sql(seeded_db, 'INSERT INTO "User" (id, email) SELECT \'many\' || g, md5(g::text) '
+                       "FROM generate_series(1, 20000) g")
+    out = tmp_path / "whole.dump"
+    subprocess.run(["pg_dump", "--format=custom", f"--file={out}"], env=playbook_env(seeded_db.env), check=True)
+    return out.read_bytes()
+
+
+@pytest.mark.parametrize("damage", ["cut at 60 %", "cut at 99 %", "one byte flipped mid-file"])
+def test_seal_refuses_a_damaged_dump_and_keeps_it_partial(seeded_db: Database, fresh_dump: bytes,
+                                                          tmp_path: Path, damage: str) -> None:
+    # pg_restore --list alone passes all three (the table of contents is intact); reading every entry does not.
+    data = bytearray(fresh_dump)
+    if damage.startswith("cut"):
+        data = data[: len(data) * int(damage.split()[2]) // 100]
+    else:
+        data[len(data) // 2] ^= 0xFF
+    partial, path = tmp_path / "local-x-20260101T000000Z.dump.partial", tmp_path / "local-x-20260101T000000Z.dump"
+    partial.write_bytes(bytes(data))
+
+    done = seal(partial, path, playbook_env(seeded_db.env))
+
+    assert done.returncode != 0
+    assert "could not read every entry" in done.stdout and ".partial name" in done.stdout
+    assert partial.read_bytes() == bytes(data) and not path.exists()
+    assert not Path(f"{path}.manifest.json").exists()
+
+
+def test_seal_never_overwrites_an_existing_dump(seeded_db: Database, fresh_dump: bytes, tmp_path: Path) -> None:
+    partial, path = tmp_path / "local-x-20260101T000000Z.dump.partial", tmp_path / "local-x-20260101T000000Z.dump"
+    partial.write_bytes(fresh_dump)
+    path.write_bytes(b"an earlier backup")
+
+    done = seal(partial, path, playbook_env(seeded_db.env))
+
+    assert done.returncode != 0 and "never overwritten" in done.stdout
+    assert path.read_bytes() == b"an earlier backup" and partial.read_bytes() == fresh_dump
+
+
+def test_seal_moves_a_whole_dump_into_place_with_its_manifest(seeded_db: Database, fresh_dump: bytes,
+                                                              tmp_path: Path) -> None:
+    partial, path = tmp_path / "local-x-20260101T000000Z.dump.partial", tmp_path / "local-x-20260101T000000Z.dump"
+    partial.write_bytes(fresh_dump)
+    partial.chmod(0o644)  # a leftover's mode: the sealed dump is the owner's alone anyway
+
+    done = seal(partial, path, playbook_env(seeded_db.env))
+
+    assert done.returncode == 0, done.stdout
+    assert not partial.exists() and path.read_bytes() == fresh_dump
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    manifest = json.loads(Path(f"{path}.manifest.json").read_text())
+    assert manifest["sha256"] == hashlib.sha256(fresh_dump).hexdigest() and manifest["size"] == len(fresh_dump)
+    assert manifest["database"] == "x" and manifest["toc_entries"] > 0

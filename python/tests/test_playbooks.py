@@ -187,9 +187,12 @@ def test_password_never_appears_in_output_files_or_process_list(pg_db: Any, tmp_
 
     watcher = threading.Thread(target=watch_processes)
     watcher.start()
+    # The runs' temp files (the connection role's pgpass file among them) land under tmp_path, checked below.
+    env = {**pg_db.env, "TMPDIR": str(tmp_path / "tmp")}
+    (tmp_path / "tmp").mkdir()
     try:
-        result = run_playbook(pg_db, "migrate.yml", tmp_path, "-v")
-        rolled = run_playbook(pg_db, "rollback.yml", tmp_path, "-v")
+        result = run_playbook(pg_db, "migrate.yml", tmp_path, "-v", env=env)
+        rolled = run_playbook(pg_db, "rollback.yml", tmp_path, "-v", env=env)
     finally:
         done.set()
         watcher.join()
@@ -199,6 +202,22 @@ def test_password_never_appears_in_output_files_or_process_list(pg_db: Any, tmp_
     for path in tmp_path.rglob("*"):
         if path.is_file():
             assert password.encode() not in path.read_bytes(), path
+
+
+@pytest.mark.parametrize(("playbook", "succeeds"), [("preflight.yml", True), ("verify.yml", False)])
+def test_the_password_file_is_removed_when_the_run_ends(pg_db: Any, tmp_path: Path, playbook: str,
+                                                        succeeds: bool) -> None:
+    """The connection role's pgpass file lives only as long as the run, whether it passes or fails (verify.yml
+    on an unmigrated database fails)."""
+    seed_db(pg_db, juntas=1)
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+
+    result = run_playbook(pg_db, playbook, tmp_path, env={**pg_db.env, "TMPDIR": str(tmp)})
+
+    assert (result.returncode == 0) == succeeds, result.stdout[-3000:]
+    assert "connection | Write the password file" in result.stdout
+    assert [p.name for p in tmp.iterdir() if p.name.startswith("capital-conn-")] == []
 
 
 def test_restore_refuses_a_backup_whose_sha256_does_not_match(pg_db: Any, tmp_path: Path) -> None:
