@@ -280,6 +280,9 @@ def test_check_mode_executes_nothing(pg_db) -> None:
     try:
         result = Migrator(conn, sql_files(), Options()).run(check_mode=True)
         assert result["state_before"] == "not_applied" and result["plan"]
+        backfill = next(piece for piece in result["plan"] if piece["phase"] == "backfill")
+        # The ledger CALL, the junta index build, VACUUM and the junta CALL; the two CALLs run in batches.
+        assert (backfill["units"], backfill["batched_units"]) == (4, 2), backfill
         with conn.cursor() as cur:
             cur.execute("SELECT to_regclass('capital_migration_state')")
             assert cur.fetchone()[0] is None

@@ -678,11 +678,18 @@ class Migrator(UnitRunner):
                 state_before=state_before,
             )
         if check_mode:
+            # Every unit is one transaction (or one autocommit statement), except a backfill CALL, which the
+            # runner repeats batch by batch until its steps are done: those are counted apart.
             plan = [
                 {
                     "file": name,
                     "phase": phase_of(name),
-                    "units": 0 if phase_of(name) == "backfill" else len(self.units[name]),
+                    "units": len(self.units[name]),
+                    "batched_units": sum(
+                        1
+                        for unit in self.units[name]
+                        if phase_of(name) == "backfill" and _BACKFILL_CALL.match(unit.statements[0].bare)
+                    ),
                 }
                 for name in self.pieces
             ]
