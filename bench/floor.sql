@@ -62,9 +62,11 @@ UPDATE "Junta" j
  WHERE j.id = s.junta_id;
 
 -- Shadow loans: capital_at_time = the junta's ledger sum strictly before the loan's created_at (movements
--- with the same timestamp, the loan's own included, are not "before"), as a running sum over the junta's
--- movements and loans in time order minus the sum of the loan's own timestamp group (EXCLUDE GROUP would
--- say it shorter but recomputes the frame for every row: quadratic per junta).
+-- with the same timestamp, the loan's own included, are not "before"), as a running sum (ROWS frame) over
+-- the junta's movements and loans in (created_at, loan_id) order: a movement's loan_id is NULL and sorts
+-- after the loans of its timestamp, and loans add 0. The same single window as the migration's sweep (it
+-- replaced a running sum minus the sum of the loan's timestamp group: two windows, 22.1 -> 17.1 s for the
+-- whole floor on medium; EXCLUDE GROUP would say it too but recomputes the frame for every row).
 INSERT INTO "PrestamoNew"
     (id, original_prestamo_id, junta_id, member_id, amount, description, status, approved, rejected, paid,
      remaining_amount, loan_number, capital_at_time, created_at, updated_at)
@@ -78,8 +80,8 @@ SELECT p.id, p.id, p.junta_id, p.member_id, round(p.amount::numeric, 2), p.descr
          ON g.prestamo_id = p.id
   LEFT JOIN (
       SELECT e.loan_id,
-             sum(e.delta) OVER (PARTITION BY e.junta_id ORDER BY e.created_at)
-             - sum(e.delta) OVER (PARTITION BY e.junta_id, e.created_at) AS before
+             sum(e.delta) OVER (PARTITION BY e.junta_id ORDER BY e.created_at, e.loan_id ROWS UNBOUNDED PRECEDING)
+                 AS before
         FROM (
             SELECT junta_id, created_at, CASE direction WHEN 'INCREASE' THEN amount ELSE -amount END AS delta,
                    NULL::text AS loan_id

@@ -477,21 +477,20 @@ BEGIN
         ) pending;
         v_rows := coalesce(cardinality(v_ids), 0);
         PERFORM capital_lock_juntas(v_ids);
-        -- One ordered pass per junta over its movements and pending loans in time order, and ONE update per
-        -- loan setting both columns (an update per column wrote every shadow row twice): loan_number = the
-        -- junta's highest number + the loan's rank among its unnumbered loans by (created_at, id);
-        -- capital_at_time = the running sum up to the loan's timestamp minus everything with that same
-        -- timestamp. (The correlated subquery this replaced cost O(loans x movements) per junta, BENCHMARKS.md.)
+        -- One ordered pass per junta over its movements and pending loans, and ONE update per loan setting
+        -- both columns (an update per column wrote every shadow row twice). The pass is in (created_at,
+        -- loan_id) order: a movement's loan_id is NULL and sorts after the loans of its timestamp, so at a
+        -- loan the running sum (ROWS frame) holds exactly the movements dated strictly before it (loans add
+        -- 0), and the running count of unnumbered loans is the loan's rank by (created_at, id): loan_number =
+        -- the junta's highest number + that rank. One window instead of three (a running sum minus the sum of
+        -- the loan's timestamp group, and the rank) cut the sweep's sort-and-window time (BENCHMARKS.md).
+        -- (The correlated subquery before those cost O(loans x movements) per junta.)
         SELECT array_agg(s.loan_id), array_agg(s.base + s.rn), array_agg(s.before)
           INTO v_loans, v_numbers, v_befores
           FROM (
               SELECT e.loan_id, e.base,
-                     CASE WHEN e.unnumbered THEN
-                         count(*) FILTER (WHERE e.unnumbered)
-                             OVER (PARTITION BY e.junta_id ORDER BY e.created_at, e.loan_id ROWS UNBOUNDED PRECEDING)
-                     END AS rn,
-                     coalesce(sum(e.delta) OVER (PARTITION BY e.junta_id ORDER BY e.created_at)
-                              - sum(e.delta) OVER (PARTITION BY e.junta_id, e.created_at), 0) AS before
+                     CASE WHEN e.unnumbered THEN count(*) FILTER (WHERE e.unnumbered) OVER w END AS rn,
+                     coalesce(sum(e.delta) OVER w, 0) AS before
                 FROM (
                     SELECT m.junta_id, m.created_at,
                            CASE m.direction WHEN 'INCREASE' THEN m.amount ELSE -m.amount END AS delta,
@@ -503,6 +502,7 @@ BEGIN
                       FROM "PrestamoNew" x
                      WHERE x.junta_id = ANY (v_ids) AND (x.loan_number IS NULL OR x.capital_at_time IS NULL)
                 ) e
+              WINDOW w AS (PARTITION BY e.junta_id ORDER BY e.created_at, e.loan_id ROWS UNBOUNDED PRECEDING)
           ) s
          WHERE s.loan_id IS NOT NULL;
         -- Applied from arrays: joined to the window's output, the planner cannot tell loans from movements
