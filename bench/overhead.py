@@ -9,12 +9,9 @@ last run that took longer than --min seconds (module start-ups: AnsiballZ, Pytho
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import subprocess
 import tempfile
-import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -24,33 +21,21 @@ from bench import run as B
 
 
 def one_run(pg: Cluster, workdir: Path, n: int) -> tuple[float, dict[str, float], list[tuple[float, str]]]:
-    db = B.clone(pg, "tpl_empty", "b_overhead")
-    env = B.tool_env(pg, db)
+    """One bench.run.measure_playbook on the empty baseline, with the junit callback beside capital_report."""
     junit = workdir / f"junit{n}"
-    env.update(
-        ANSIBLE_CALLBACKS_ENABLED="junit,prestamos.capital.capital_report",
-        JUNIT_TASK_CLASS="yes",
-        JUNIT_OUTPUT_DIR=str(junit),
-    )
-    argv = [
-        "ansible-playbook", "migrate.yml", "-i", "inventories/local",
-        "-e", f"capital_report_dir={workdir / f'reports{n}'}",
-        "-e", f"capital_backup_dir={workdir / f'backups{n}'}",
-    ]
-    began = time.monotonic()
-    done = subprocess.run(argv, env=env, cwd=B.ROOT, capture_output=True, text=True, check=False)
-    wall = time.monotonic() - began
-    pg.drop_database(db)
-    if done.returncode != 0:
-        raise SystemExit(f"migrate.yml exited {done.returncode}:\n{done.stdout[-3000:]}")
-    report = json.loads(sorted((workdir / f"reports{n}").glob("*.json"))[-1].read_text())
-    stages = {s["name"]: s["duration_s"] for s in report.get("stages", [])}
+    out = B.measure_playbook(pg, "tpl_empty", workdir, extra_env={
+        "ANSIBLE_CALLBACKS_ENABLED": "junit,prestamos.capital.capital_report",
+        "JUNIT_TASK_CLASS": "yes",
+        "JUNIT_OUTPUT_DIR": str(junit),
+    })
+    if out["rc"] != 0:
+        raise SystemExit(f"migrate.yml exited {out['rc']}:\n{out.get('error', '')}")
     tasks = [
         (float(case.get("time") or 0), str(case.get("name")))
         for f in junit.glob("*.xml")
         for case in ET.parse(f).getroot().iter("testcase")  # noqa: S314 - written by this run, 0700 dir
     ]
-    return wall, stages, tasks
+    return out["wall"], out.get("stages", {}), tasks
 
 
 def main() -> int:

@@ -221,12 +221,15 @@ def plan_check(pg: Cluster, tpl: str) -> dict[str, Any]:
     return {"ledger_insert_plans": len(plans), "plans_scanning_the_ledger": len(scans)}
 
 
-def measure_playbook(pg: Cluster, tpl: str, workdir: Path) -> dict[str, Any]:
-    """migrate.yml end to end with ansible-playbook; stage times from the capital_report JSON."""
+def measure_playbook(pg: Cluster, tpl: str, workdir: Path, extra_env: dict[str, str] | None = None) -> dict[str, Any]:
+    """migrate.yml end to end with ansible-playbook; stage times from the capital_report JSON.
+
+    extra_env is added to the run's environment (bench.overhead enables the junit callback with it)."""
     db = clone(pg, tpl, "b_play")
     report_dir = Path(tempfile.mkdtemp(prefix="report-", dir=workdir))
     env = tool_env(pg, db)
     env["ANSIBLE_CALLBACKS_ENABLED"] = "prestamos.capital.capital_report"
+    env.update(extra_env or {})
     argv = [
         "ansible-playbook",
         "migrate.yml",
