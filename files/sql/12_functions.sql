@@ -320,17 +320,29 @@ LANGUAGE sql STABLE AS $$
 $$;
 
 -- One backfill batch of one step; see capital_backfill_step for the order.
--- Returns the number of rows the batch looked at. A source row that already
--- has movements (written by the sync trigger) has its seq 0 movement (the
--- first movement of a source is always seq 0, and the ledger is append-only),
--- so ON CONFLICT DO NOTHING on the unique (source, type, seq) index skips it:
--- one index probe per row, whatever the planner's statistics of the growing
--- ledger say (a NOT EXISTS anti-join here was planned as a scan of the whole
--- ledger per batch: quadratic, see BENCHMARKS.md). Each source batch locks its
--- rows FOR SHARE: an application UPDATE/DELETE of such a row waits for the
--- batch, and the batch waits for (and re-reads) a row the application is
--- changing, so trigger and backfill never both write a row's seq 0 movement;
--- the unique index catches it if they ever did (ON CONFLICT DO NOTHING).
+-- Returns the number of rows the batch looked at.
+--
+-- The source steps (Accion, Multa, Prestamo, PagoPrestamo) write each source
+-- row's seq 0 movement (and its shadow row) unless the sync trigger already
+-- did: the first movement of a source is always seq 0 and the ledger is
+-- append-only, so "the trigger did" means "the ledger holds a movement of this
+-- source", and the unique (source, type, seq) index is the final arbiter.
+-- Rows the trigger wrote before this batch's snapshot are left out by reading
+-- what the ledger (and the shadow table) hold in the batch's id range
+-- (last_id, batch's max id]: rows of earlier batches are below the range, so
+-- the range holds only the triggers' rows, a handful, read through the
+-- unique index and hashed (NOT IN). The inserts then need no ON CONFLICT,
+-- whose speculative insertion cost ~28 % of a batch (BENCHMARKS.md, changes
+-- 17-18). A trigger that commits its row after the snapshot (an application
+-- UPDATE of a row this batch then locks and re-reads) makes the plain insert
+-- fail on the unique index: the batch is then rolled back to its savepoint
+-- and run again with ON CONFLICT DO NOTHING, which skips it. (A NOT EXISTS
+-- anti-join per row was planned as a scan of the whole ledger per batch:
+-- quadratic, BENCHMARKS.md change 1; the range read is bounded by the batch.)
+-- Each source batch locks its rows FOR SHARE: an application UPDATE/DELETE of
+-- such a row waits for the batch, and the batch waits for (and re-reads) a row
+-- the application is changing, so trigger and backfill never both write a
+-- row's seq 0 movement.
 CREATE OR REPLACE FUNCTION capital_backfill_batch(p_source text, p_batch integer) RETURNS integer
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -341,51 +353,66 @@ DECLARE
     v_loans text[];
     v_numbers bigint[];
     v_befores numeric[];
+    v_sql text;
+    v_hi text;
+    -- The ledger's movements of type %1$s whose source id is in this batch's range ($1 = last_id, $3 = the
+    -- batch's last id, NULL for the last batch): the unique index's expression, so the read is a range scan
+    -- of that index, planned with both bounds known (EXECUTE plans with the parameters' values).
+    c_written constant text := $q$
+        SELECT coalesce(m.accion_id, m.multa_id, m.prestamo_id, m.pago_id) FROM capital_movements m
+         WHERE coalesce(m.accion_id, m.multa_id, m.prestamo_id, m.pago_id) > $1
+           AND ($3 IS NULL OR coalesce(m.accion_id, m.multa_id, m.prestamo_id, m.pago_id) <= $3)
+           AND m.type = %1$L$q$;
 BEGIN
     SELECT last_id INTO v_last FROM capital_backfill_progress WHERE source = p_source FOR UPDATE;
     v_last := coalesce(v_last, '');
+    -- Each statement: %1$s = the ledger insert's conflict clause, %2$s = the shadow insert's.
     IF p_source = 'Accion' THEN
+        v_sql := $q$
         WITH b AS (
             SELECT a.id, a.junta_id, a.type, a.created_at,
                    capital_contribution('ACCION', a.amount, a.affects_capital) AS c
-              FROM "Accion" a WHERE a.id > v_last ORDER BY a.id LIMIT p_batch FOR SHARE
+              FROM "Accion" a WHERE a.id > $1 ORDER BY a.id LIMIT $2 FOR SHARE
         ), ins AS (
             INSERT INTO capital_movements (junta_id, type, direction, amount, description, created_at, accion_id, seq)
             SELECT b.junta_id, 'ACCION', CASE WHEN b.c > 0 THEN 'INCREASE' ELSE 'DECREASE' END, abs(b.c),
                    b.type, b.created_at, b.id, 0
               FROM b
-             WHERE b.c <> 0
-            ON CONFLICT DO NOTHING RETURNING 1
+             WHERE b.c <> 0 AND b.id NOT IN ($q$ || format(c_written, 'ACCION') || $q$)
+            %1$s RETURNING 1
         )
-        SELECT (SELECT count(*) FROM b), (SELECT max(id) FROM b) INTO v_rows, v_max;
+        SELECT (SELECT count(*) FROM b), (SELECT max(id) FROM b)$q$;
     ELSIF p_source = 'Multa' THEN
+        v_sql := $q$
         WITH b AS (
             SELECT x.id, x.junta_id, x.description, x.created_at,
                    capital_contribution('MULTA', x.amount, x.affects_capital) AS c
-              FROM "Multa" x WHERE x.id > v_last ORDER BY x.id LIMIT p_batch FOR SHARE
+              FROM "Multa" x WHERE x.id > $1 ORDER BY x.id LIMIT $2 FOR SHARE
         ), ins AS (
             INSERT INTO capital_movements (junta_id, type, direction, amount, description, created_at, multa_id, seq)
             SELECT b.junta_id, 'MULTA', CASE WHEN b.c > 0 THEN 'INCREASE' ELSE 'DECREASE' END, abs(b.c),
                    b.description, b.created_at, b.id, 0
               FROM b
-             WHERE b.c <> 0
-            ON CONFLICT DO NOTHING RETURNING 1
+             WHERE b.c <> 0 AND b.id NOT IN ($q$ || format(c_written, 'MULTA') || $q$)
+            %1$s RETURNING 1
         )
-        SELECT (SELECT count(*) FROM b), (SELECT max(id) FROM b) INTO v_rows, v_max;
+        SELECT (SELECT count(*) FROM b), (SELECT max(id) FROM b)$q$;
     ELSIF p_source = 'Prestamo' THEN
         -- Also the loans' shadow rows (loan_number/capital_at_time NULL: the
-        -- sweep fills them once the ledger is complete). DO NOTHING: a shadow
-        -- row written by the trigger is at least as new as ours.
+        -- sweep fills them once the ledger is complete). A shadow row written by
+        -- a trigger (the loan's or one of its payments') is at least as new as
+        -- ours: left as it is.
+        v_sql := $q$
         WITH b AS (
             SELECT p.*, capital_contribution('PRESTAMO', p.amount, p.status IS DISTINCT FROM 'REJECTED') AS c
-              FROM "Prestamo" p WHERE p.id > v_last ORDER BY p.id LIMIT p_batch FOR SHARE
+              FROM "Prestamo" p WHERE p.id > $1 ORDER BY p.id LIMIT $2 FOR SHARE
         ), ins AS (
             INSERT INTO capital_movements (junta_id, type, direction, amount, description, created_at, prestamo_id, seq)
             SELECT b.junta_id, 'PRESTAMO', CASE WHEN b.c > 0 THEN 'INCREASE' ELSE 'DECREASE' END, abs(b.c),
                    b.description, b.created_at, b.id, 0
               FROM b
-             WHERE b.c <> 0
-            ON CONFLICT DO NOTHING RETURNING 1
+             WHERE b.c <> 0 AND b.id NOT IN ($q$ || format(c_written, 'PRESTAMO') || $q$)
+            %1$s RETURNING 1
         ), shadow AS (
             INSERT INTO "PrestamoNew"
                 (id, original_prestamo_id, junta_id, member_id, amount, description, status,
@@ -396,34 +423,53 @@ BEGIN
                        (SELECT sum(capital_cents(pp.amount)) FROM "PagoPrestamo" pp WHERE pp.prestamo_id = b.id), 0),
                    NULL, NULL, b.created_at, b.updated_at
               FROM b
-            ON CONFLICT (id) DO NOTHING RETURNING 1
+             WHERE b.id NOT IN (SELECT n.id FROM "PrestamoNew" n
+                                 WHERE n.id > $1 AND ($3 IS NULL OR n.id <= $3))
+            %2$s RETURNING 1
         )
-        SELECT (SELECT count(*) FROM b), (SELECT max(id) FROM b) INTO v_rows, v_max;
+        SELECT (SELECT count(*) FROM b), (SELECT max(id) FROM b)$q$;
     ELSIF p_source = 'PagoPrestamo' THEN
         -- Only the payment rows are locked (FOR SHARE OF pp). The payment's junta is its loan's junta: a
         -- loan moving to another junta meanwhile is safe without locking the loan row, because the loan's
         -- sync trigger locks the loan's payments FOR UPDATE before moving their movements (it waits for
-        -- this batch, then moves what the batch wrote), and if it ran first its seq 0 movements make this
-        -- batch's inserts no-ops (ON CONFLICT DO NOTHING). Locking the loans too dirtied every loan page
-        -- once per batch for nothing.
+        -- this batch, then moves what the batch wrote), and if it ran first its seq 0 movements keep this
+        -- batch from writing them. Locking the loans too dirtied every loan page once per batch for nothing.
+        v_sql := $q$
         WITH b AS (
             SELECT pp.id, pp.prestamo_id, pp.date, pp.amount, p.junta_id,
                    capital_contribution('PAGO', pp.amount, true) AS c
               FROM "PagoPrestamo" pp JOIN "Prestamo" p ON p.id = pp.prestamo_id
-             WHERE pp.id > v_last ORDER BY pp.id LIMIT p_batch FOR SHARE OF pp
+             WHERE pp.id > $1 ORDER BY pp.id LIMIT $2 FOR SHARE OF pp
         ), ins AS (
             INSERT INTO capital_movements (junta_id, type, direction, amount, description, created_at, pago_id, seq)
             SELECT b.junta_id, 'PAGO', CASE WHEN b.c > 0 THEN 'INCREASE' ELSE 'DECREASE' END, abs(b.c),
                    NULL, b.date, b.id, 0
               FROM b
-             WHERE b.c <> 0
-            ON CONFLICT DO NOTHING RETURNING 1
+             WHERE b.c <> 0 AND b.id NOT IN ($q$ || format(c_written, 'PAGO') || $q$)
+            %1$s RETURNING 1
         ), shadow AS (
             INSERT INTO "PagoPrestamoNew" (id, original_pago_id, prestamo_id, amount, date)
             SELECT b.id, b.id, b.prestamo_id, capital_cents(b.amount), b.date FROM b
-            ON CONFLICT (id) DO NOTHING RETURNING 1
+             WHERE b.id NOT IN (SELECT n.id FROM "PagoPrestamoNew" n
+                                 WHERE n.id > $1 AND ($3 IS NULL OR n.id <= $3))
+            %2$s RETURNING 1
         )
-        SELECT (SELECT count(*) FROM b), (SELECT max(id) FROM b) INTO v_rows, v_max;
+        SELECT (SELECT count(*) FROM b), (SELECT max(id) FROM b)$q$;
+    END IF;
+    IF v_sql IS NOT NULL THEN
+        -- The range's upper bound, read before the batch (no lock): if a row is deleted meanwhile the batch
+        -- reaches past it, and a trigger row out there takes the ON CONFLICT path below.
+        EXECUTE format('SELECT id FROM %I WHERE id > $1 ORDER BY id OFFSET $2 - 1 LIMIT 1', p_source)
+           INTO v_hi USING v_last, p_batch;
+        BEGIN
+            EXECUTE format(v_sql, '', '') INTO v_rows, v_max USING v_last, p_batch, v_hi;
+        EXCEPTION WHEN unique_violation THEN
+            -- A trigger committed a row of this batch after its snapshot (see above): again, skipping it.
+            RAISE NOTICE 'backfill batch of % after %: a sync trigger wrote one of its rows meanwhile; '
+                'batch run again with ON CONFLICT DO NOTHING', p_source, v_last;
+            EXECUTE format(v_sql, 'ON CONFLICT DO NOTHING', 'ON CONFLICT (id) DO NOTHING')
+                INTO v_rows, v_max USING v_last, p_batch, v_hi;
+        END;
     ELSIF p_source = 'Junta' THEN
         -- Recompute the junta columns from the ledger. Lock the juntas first
         -- (one statement), then read the ledger in a NEW statement (new

@@ -251,6 +251,14 @@ def test_index_build_timed_out_by_a_writer_is_rebuilt_valid_on_retry(pg_db) -> N
     assert rows == [(True, True)]
 
 
+def _wait_for_a_lock_wait(db: Any, session: str, thread: threading.Thread) -> None:
+    """Until a session matching the pg_stat_activity condition `session` waits for a lock (60 s at most)."""
+    deadline = time.monotonic() + 60
+    while not run_sql(db, f"SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND {session}"):
+        assert time.monotonic() < deadline and thread.is_alive(), f"no lock wait seen for {session}"
+        time.sleep(0.02)
+
+
 def test_stop_asked_while_a_statement_waits_for_a_lock_reports_the_interruption(pg_db) -> None:
     """Ctrl-C/SIGTERM while a DDL waits for a lock: the wait is not retried, and the run stops saying it was
     interrupted and how to resume, not with a bare lock timeout the operator would have to interpret."""
@@ -274,11 +282,7 @@ def test_stop_asked_while_a_statement_waits_for_a_lock_reports_the_interruption(
     thread = threading.Thread(target=run)
     thread.start()
     try:
-        deadline = time.monotonic() + 60
-        while not run_sql(pg_db, "SELECT 1 FROM pg_stat_activity WHERE application_name = 'capital-migrate'"
-                                 " AND wait_event_type = 'Lock'"):
-            assert time.monotonic() < deadline and thread.is_alive(), "the migration never waited for the lock"
-            time.sleep(0.02)
+        _wait_for_a_lock_wait(pg_db, "application_name = 'capital-migrate'", thread)
         migrator.request_stop("SIGINT")  # what the module's signal handler does
         thread.join(30)
     finally:
@@ -290,3 +294,69 @@ def test_stop_asked_while_a_statement_waits_for_a_lock_reports_the_interruption(
     assert err.details.get("interrupted") is True and err.details["signal"] == "SIGINT", err.msg
     assert "rerun migrate.yml" in err.msg.lower()
     assert migrate(pg_db)["state_after"] == "applied"
+
+
+def test_backfill_leaves_trigger_rows_alone_and_reruns_a_batch_raced_by_a_trigger(pg_db) -> None:
+    """The source batches insert without ON CONFLICT. Rows a sync trigger wrote before a batch began are
+    left out by the batch itself (no re-run: no notice); a row the application changes while the batch
+    waits for it (the trigger commits after the batch's snapshot) fails the plain insert on the unique
+    index, and the batch is re-run with ON CONFLICT DO NOTHING (one notice). Figures exact either way."""
+    from ansible_collections.prestamos.capital.plugins.module_utils.migration import Interrupted
+
+    seed_db(pg_db, juntas=3)
+    with pytest.raises(Interrupted):
+        migrate(pg_db, stop_after_file="14_triggers.sql")  # expanded: sync triggers live, no backfill yet
+    app = pg_db.connect()
+    with app.cursor() as cur:  # before the backfill: one changed row per source, deep inside its first batch
+        for table, change in (("Accion", "amount = amount + 1"), ("Multa", "amount = amount + 1"),
+                              ("Prestamo", "description = 'x'"), ("PagoPrestamo", "amount = amount + 1")):
+            cur.execute(f'UPDATE "{table}" SET {change} WHERE id = '
+                        f'(SELECT id FROM "{table}" ORDER BY id OFFSET 7 LIMIT 1)')
+    app.commit()
+    with app.cursor() as cur:  # held open: the first Accion batch must wait for this row, then re-read it
+        cur.execute('UPDATE "Accion" SET amount = amount + 2 WHERE id = (SELECT min(id) FROM "Accion") RETURNING id')
+        raced = cur.fetchone()[0]
+    migration = pg_db.connect()
+    steps: list[tuple[str, int, list[str]]] = []
+    errors: list[str] = []
+
+    def step() -> None:
+        try:
+            with migration.cursor() as cur:
+                cur.execute("SELECT source, rows_done FROM capital_backfill_step(100000)")
+                source, rows = cur.fetchone()
+        except psycopg2.Error as exc:
+            errors.append(f"{exc.pgcode}: {exc.pgerror}")
+            raise
+        migration.commit()
+        steps.append((source, rows, list(migration.notices)))
+        migration.notices.clear()
+
+    thread = threading.Thread(target=step)
+    thread.start()
+    try:
+        _wait_for_a_lock_wait(pg_db, "query LIKE '%capital_backfill_step%'", thread)
+    finally:
+        app.commit()
+        thread.join()
+    assert errors == []
+    while steps[-1][0] not in ("junta_index", "complete"):
+        step()
+    migration.close()
+    app.close()
+    assert [s[0] for s in steps] == ["Accion", "Multa", "Prestamo", "PagoPrestamo", "junta_index"]
+    accion_notices = steps[0][2]
+    assert len(accion_notices) == 1 and "Accion" in accion_notices[0] and "ON CONFLICT" in accion_notices[0]
+    assert [s[2] for s in steps[1:]] == [[], [], [], []]  # the trigger rows written before: left out
+    assert migrate(pg_db)["state_after"] == "applied"
+    conn = pg_db.connect()
+    try:
+        assert capital_mismatches(conn) == []
+        assert shadow_mismatches(conn) == []
+        with conn.cursor() as cur:
+            cur.execute("""SELECT count(*), max(m.seq), bool_and(m.amount = round(a.amount::numeric, 2))
+                             FROM capital_movements m JOIN "Accion" a ON a.id = m.accion_id
+                            WHERE m.accion_id = %s""", (raced,))
+            assert cur.fetchone() == (1, 0, True)  # the trigger's one movement (amount + 2), not doubled
+    finally:
+        conn.close()
