@@ -89,6 +89,7 @@ def test_preflight_passes_on_clean_data_and_reports_guide_rows(baseline_db: Data
     run = preflight(baseline_db.env, backup_dir, capital_batch_size=7)
 
     assert run.rc == 0, run.output
+    assert not backup_dir.exists(), "preflight changes nothing: the backup stage creates the directory"
     checks = run.checks()
     assert failed(run) == set()
     for name in ("connection", "server_version", "tool_psql", "tool_pg_dump", "tool_pg_restore", "backup_space",
@@ -96,7 +97,6 @@ def test_preflight_passes_on_clean_data_and_reports_guide_rows(baseline_db: Data
                  "migration_state", "data_orphans", "data_overdrawn_juntas", "data_unknown_status"):
         assert checks[name]["status"] == "pass", checks[name]
     assert checks["migration_state"]["value"]["state"] == "not_applied"
-    assert backup_dir.is_dir() and (backup_dir.stat().st_mode & 0o777) == 0o700
 
     # The guide's query, run here independently, returns exactly the rows in the report.
     expected = sorted(run_sql(baseline_db, GUIDE_STATE_SQL))
@@ -342,6 +342,18 @@ def test_too_little_backup_space_fails(baseline_db: Database, backup_dir: Path) 
     value = run.checks()["backup_space"]["value"]
     assert value["free_bytes"] == 4096 and value["needed_bytes"] > 4096
     assert "not enough space" in run.output
+
+
+def test_a_backup_path_that_cannot_be_a_directory_fails_and_nothing_is_created(baseline_db: Database,
+                                                                                tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the backup directory's parent should be")
+    run = preflight(baseline_db.env, blocker / "backups")
+
+    assert run.rc != 0
+    assert failed(run) == {"backup_space"}
+    assert f"{blocker} exists and is not a directory" in run.checks()["backup_space"]["message"]
+    assert blocker.read_text() == "a file where the backup directory's parent should be"
 
 
 def test_long_transactions_locks_and_another_run_are_reported(baseline_db: Database, backup_dir: Path) -> None:
