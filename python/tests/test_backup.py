@@ -219,9 +219,9 @@ def test_a_unique_password_never_reaches_the_output(seeded_db: Database, tmp_pat
 
 
 # -- capital_backup_seal, run alone (ansible localhost -m ...) on dumps damaged by hand --------------------
-def seal(partial: Path, path: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def seal(partial: Path, path: Path, env: dict[str, str], **more: Any) -> subprocess.CompletedProcess[str]:
     args = {"partial": str(partial), "path": str(path), "format": "custom",
-            "manifest": {"database": "x", "capital_env": "local"}}
+            "manifest": {"database": "x", "capital_env": "local"}, **more}
     return subprocess.run([str(Path(ANSIBLE_PLAYBOOK).with_name("ansible")), "localhost", "-i",
                            str(ROOT / "inventories" / "local"), "-m", "prestamos.capital.capital_backup_seal",
                            "-a", json.dumps(args)],
@@ -274,8 +274,12 @@ def test_seal_moves_a_whole_dump_into_place_with_its_manifest(seeded_db: Databas
     partial, path = tmp_path / "local-x-20260101T000000Z.dump.partial", tmp_path / "local-x-20260101T000000Z.dump"
     partial.write_bytes(fresh_dump)
     partial.chmod(0o644)  # a leftover's mode: the sealed dump is the owner's alone anyway
+    at_dump = {t: run_sql(seeded_db, f'SELECT count(*) FROM "{t}"')[0][0] for t in LEGACY}
+    # The application writes after pg_dump's snapshot: the manifest counts what the dump holds, not this.
+    run_sql(seeded_db, """INSERT INTO "User" (id, email) SELECT 'later' || g, 'later' || g
+                          FROM generate_series(1, 7) g""")
 
-    done = seal(partial, path, playbook_env(seeded_db.env))
+    done = seal(partial, path, playbook_env(seeded_db.env), row_counts_of=list(LEGACY))
 
     assert done.returncode == 0, done.stdout
     assert not partial.exists() and path.read_bytes() == fresh_dump
@@ -283,3 +287,16 @@ def test_seal_moves_a_whole_dump_into_place_with_its_manifest(seeded_db: Databas
     manifest = json.loads(Path(f"{path}.manifest.json").read_text())
     assert manifest["sha256"] == hashlib.sha256(fresh_dump).hexdigest() and manifest["size"] == len(fresh_dump)
     assert manifest["database"] == "x" and manifest["toc_entries"] > 0
+    assert manifest["row_counts"] == at_dump and at_dump["User"] > 20000
+    assert manifest["server_version"] == run_sql(seeded_db, "SHOW server_version")[0][0]
+
+
+def test_seal_refuses_a_dump_without_the_tables_it_must_count(seeded_db: Database, fresh_dump: bytes,
+                                                              tmp_path: Path) -> None:
+    partial, path = tmp_path / "local-x-20260101T000000Z.dump.partial", tmp_path / "local-x-20260101T000000Z.dump"
+    partial.write_bytes(fresh_dump)
+
+    done = seal(partial, path, playbook_env(seeded_db.env), row_counts_of=["Junta", "NoSuchTable"])
+
+    assert done.returncode != 0 and "holds no data for NoSuchTable" in done.stdout
+    assert partial.read_bytes() == fresh_dump and not path.exists()

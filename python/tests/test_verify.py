@@ -235,6 +235,21 @@ def test_sql_and_python_recomputations_agree(migrated: Database) -> None:
     assert any("sum(round(amount::numeric, 2))" in q for q in by_sql["executed_queries"])
 
 
+def test_capital_check_runs_further_queries_in_its_snapshot_each_on_its_own(migrated: Database) -> None:
+    result = run_check(migrated, queries=[
+        "SELECT sum(current_capital) AS total, now() AS at FROM \"Junta\"",
+        "SELECT 1 / 0",  # refused by the server: reported, and the next query still runs
+        GUIDE_CAPITAL_QUERY,
+    ])
+    assert not result.get("failed"), result.get("msg")
+    total, refused, guide = result["query_results"]
+    assert total["error"] == "" and total["rows"][0]["total"] == result["totals_recorded"]["current_capital"]
+    assert total["rows"][0]["at"] == result["snapshot_time"]  # now() is the snapshot's transaction start
+    assert refused["rows"] == [] and "division by zero" in refused["error"]
+    assert guide == {"rows": [], "error": ""}
+    assert result["discrepancy_count"] == 0
+
+
 def test_capital_check_changes_nothing_in_either_mode(migrated: Database) -> None:
     before = snapshot(migrated)
     run_check(migrated, check_mode=True)
@@ -387,6 +402,10 @@ def test_verify_playbook_fails_on_one_cent(scratch: Database) -> None:
     with conn, conn.cursor() as cur:
         cur.execute('UPDATE "Junta" SET base_capital = base_capital - 0.01 '
                     'WHERE id = (SELECT min(id) FROM "Junta")')
+        # Beyond the guide's 0.01 tolerance: its "Verify capital calculations" query returns this junta.
+        cur.execute('UPDATE "Junta" SET available_capital = available_capital - 0.02 '
+                    'WHERE id = (SELECT max(id) FROM "Junta") RETURNING id')
+        [(off_by_two,)] = cur.fetchall()
     conn.close()
     done = subprocess.run([str(VENV_BIN / "ansible-playbook"), "verify.yml"],
                           cwd=REPO, env=playbook_env(scratch), capture_output=True, text=True, check=False,
@@ -394,3 +413,4 @@ def test_verify_playbook_fails_on_one_cent(scratch: Database) -> None:
     assert done.returncode != 0
     assert "Verification failed: capital_check" in done.stdout
     assert "base_capital" in done.stdout and "-0.01" in done.stdout
+    assert f"guide capital consistency: 1 juntas differ: {off_by_two}" in done.stdout

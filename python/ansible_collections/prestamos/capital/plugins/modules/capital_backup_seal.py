@@ -11,13 +11,16 @@ description:
   - Runs on the host that ran C(pg_dump), right after it wrote I(partial). In order, stopping at the first
     failure - refuses when I(path) exists (a backup is never overwritten); reads the table of contents of
     I(partial) with C(pg_restore --list) (an empty list fails) and then every entry, data included, with
-    C(pg_restore --file=/dev/null) (a dump cut short or damaged anywhere fails, and stays under its
-    C(.partial) name); computes its sha256 and size; asks C(pg_dump --version); renames
-    I(partial) to I(path) within its directory; restricts it to its owner (files 0600, directories 0700);
-    writes C(<path>.manifest.json) (0600, never over an existing file).
+    C(pg_restore --file=-), counting the rows of every table's data block on the way (a dump cut short or
+    damaged anywhere fails, and stays under its C(.partial) name); computes its sha256 and size; asks
+    C(pg_dump --version); renames I(partial) to I(path) within its directory; restricts it to its owner
+    (files 0600, directories 0700); writes C(<path>.manifest.json) (0600, never over an existing file).
   - A custom-format dump is hashed as one file. A directory dump has no single file to hash, so its sha256
     is the sha256 of the sorted C("<sha256>  <file name>") lines of its files, which
     C(cd DIR && sha256sum * | sha256sum) reproduces.
+  - The row counts and the server version in the manifest are those of the dump itself (its data blocks
+    and its header), so they hold exactly, whatever the application wrote while C(pg_dump) ran; a test
+    restore must give back these counts.
   - One module call instead of a task per step, each costing a module start-up (BENCHMARKS.md).
   - Reads no database and takes no credentials.
 version_added: 0.2.0
@@ -38,11 +41,19 @@ options:
     required: true
   manifest:
     description:
-      - What the run knows about the dump (database, environment, server version, row counts, start time);
-        the module adds C(file), C(format), C(size), C(sha256), C(sha256_method), C(toc_entries),
-        C(pg_dump_version) and C(time) (UTC), which win over keys of the same name.
+      - What the run knows about the dump (database, environment, start time); the module adds C(file),
+        C(format), C(size), C(sha256), C(sha256_method), C(toc_entries), C(server_version) (from the
+        dump's header), C(row_counts), C(pg_dump_version) and C(time) (UTC), which win over keys of the same
+        name.
     type: dict
     required: true
+  row_counts_of:
+    description:
+      - Tables (unqualified names of schema C(public), or C(schema.table)) whose rows the manifest's
+        C(row_counts) lists, counted in the dump's data blocks. A table missing from the dump fails.
+    type: list
+    elements: str
+    default: []
   pg_restore:
     description: The C(pg_restore) executable.
     type: str
@@ -78,9 +89,8 @@ EXAMPLES = r"""
     manifest:
       database: loans
       capital_env: prod
-      server_version: "15.18"
-      row_counts: {Junta: 2750}
       dump_started: 20261201T120000Z
+    row_counts_of: [Junta, Accion]
 """
 
 RETURN = r"""
@@ -108,6 +118,11 @@ toc_entries:
   description: Entries in the table of contents C(pg_restore --list) printed.
   returned: success
   type: int
+row_counts:
+  description: Rows in the dump's data block of each table of I(row_counts_of).
+  returned: success
+  type: dict
+  sample: {"Junta": 2750, "Accion": 411507}
 siblings:
   description: Names in the dump's directory matching I(list_pattern), sorted.
   returned: success
@@ -119,6 +134,8 @@ import hashlib
 import json
 import os
 import re
+import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -126,6 +143,39 @@ from typing import Any
 from ansible.module_utils.basic import AnsibleModule
 
 _TOC_ENTRY = re.compile(r"^\d+;", re.MULTILINE)
+_SERVER_VERSION = re.compile(r"^;\s+Dumped from database version: (.+)$", re.MULTILINE)
+_COPY = re.compile(rb'^COPY ((?:"(?:[^"]|"")*"|[^ ".]+)(?:\.(?:"(?:[^"]|"")*"|[^ ".]+))?) ')
+
+
+def _table_name(qualified: str) -> str:
+    """'public."Accion"' -> 'Accion'; 'other.t' -> 'other.t' (the manifest's keys)."""
+    parts = re.findall(r'"((?:[^"]|"")*)"|([^".]+)', qualified)
+    names = [quoted.replace('""', '"') if quoted else plain for quoted, plain in parts]
+    return names[-1] if names[0] == "public" and len(names) == 2 else ".".join(names)
+
+
+def read_every_entry(pg_restore: str, partial: Path) -> tuple[int, dict[str, int], str]:
+    """pg_restore the whole archive to a script read here and thrown away: every data block is read and
+    decompressed (a dump cut short or damaged anywhere makes pg_restore fail), and each table's COPY block
+    is counted line by line (COPY text data escapes newlines, so a line is a row).
+    Returns (exit status, rows per table, stderr)."""
+    counts: dict[str, int] = {}
+    with tempfile.TemporaryFile() as errors:
+        with subprocess.Popen([pg_restore, "--file=-", str(partial)], stdout=subprocess.PIPE, stderr=errors) as proc:
+            assert proc.stdout is not None
+            table: str | None = None
+            for line in proc.stdout:
+                if table is not None:
+                    if line == b"\\.\n":
+                        table = None
+                    else:
+                        counts[table] += 1
+                elif line.startswith(b"COPY ") and line.rstrip().endswith(b"FROM stdin;"):
+                    match = _COPY.match(line)
+                    table = _table_name(match.group(1).decode()) if match else line.decode(errors="replace")
+                    counts.setdefault(table, 0)
+        errors.seek(0)
+        return proc.returncode, counts, errors.read().decode(errors="replace")
 
 
 def file_sha256(path: Path) -> str:
@@ -175,6 +225,7 @@ def main() -> None:
             "pg_restore": {"type": "str", "default": "pg_restore"},
             "pg_dump": {"type": "str", "default": "pg_dump"},
             "list_pattern": {"type": "str", "default": "^$"},
+            "row_counts_of": {"type": "list", "elements": "str", "default": []},
         },
         supports_check_mode=False,
     )
@@ -195,15 +246,23 @@ def main() -> None:
             "The dump is incomplete or corrupt and was left under its .partial name (no backup pattern matches "
             "it): no migration may start without a verified backup. Look at it, remove it and rerun.",
         )
+    server_version = _SERVER_VERSION.search(out)
     # --list reads only the table of contents; converting the archive to a script nobody keeps reads and
     # decompresses every data block too, so a dump cut short or damaged anywhere fails here.
-    rc, _, err = module.run_command([p["pg_restore"], "--file=/dev/null", str(partial)])
+    rc, counts, err = read_every_entry(p["pg_restore"], partial)
     if rc != 0:
         module.fail_json(
             msg=f"pg_restore could not read every entry of {partial} (exit {rc}): {err.strip()[-1000:]}. "
             "The dump is incomplete or corrupt and was left under its .partial name (no backup pattern matches "
             "it): no migration may start without a verified backup. Look at it, remove it and rerun.",
         )
+    missing = [t for t in p["row_counts_of"] if t not in counts]
+    if missing:
+        module.fail_json(
+            msg=f"{partial} holds no data for {', '.join(missing)}: not a dump of this database's tables "
+            f"(tables in it: {', '.join(sorted(counts)) or 'none'}). It was left under its .partial name.",
+        )
+    row_counts = {t: counts[t] for t in p["row_counts_of"]}
     sha256, size, method = dump_digest(partial, fmt)
     rc, version, err = module.run_command([p["pg_dump"], "--version"])
     if rc != 0:
@@ -219,6 +278,8 @@ def main() -> None:
         "sha256": sha256,
         "sha256_method": method,
         "toc_entries": entries,
+        "server_version": server_version.group(1).strip() if server_version else "",
+        "row_counts": row_counts,
         "pg_dump_version": version.strip(),
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -233,6 +294,7 @@ def main() -> None:
         sha256=sha256,
         size=size,
         toc_entries=entries,
+        row_counts=row_counts,
         siblings=siblings,
     )
 

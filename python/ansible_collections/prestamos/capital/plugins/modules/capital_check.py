@@ -56,6 +56,15 @@ options:
         RV(discrepancy_count)); keeps a disastrous run's result readable.
     type: int
     default: 1000
+  queries:
+    description:
+      - Further read-only queries run after the reconciliation, verbatim, in the same snapshot (the
+        project's verify role passes the guide's verification queries, saving a module start-up of their
+        own). Each runs under a savepoint: a query the server refuses is reported in RV(query_results)
+        with its error and does not stop the others or the reconciliation.
+    type: list
+    elements: str
+    default: []
   lock_timeout:
     description:
       - PostgreSQL C(lock_timeout) for the check's reads, so it fails instead of queueing forever behind
@@ -156,6 +165,14 @@ summary:
   returned: success
   type: str
   sample: "capital_check found no discrepancies (exact to the cent)"
+query_results:
+  description:
+    - One entry per O(queries) item, in order; C(rows) holds its rows as dicts by column name (NUMERIC values
+      as exact strings, timestamps in ISO 8601), C(error) the server's message when it failed, else empty.
+  returned: success
+  type: list
+  elements: dict
+  sample: [{"rows": [], "error": ""}]
 executed_queries:
   description: The SQL statements run, in order.
   returned: always
@@ -437,8 +454,24 @@ class CapitalChecker:
             discrepancy_count=len(discrepancies),
             snapshot_time=snapshot.isoformat(),
         )
+        result["query_results"] = [self.extra_query(sql) for sql in self.params["queries"]]
         self._found = discrepancies
         return result
+
+    def extra_query(self, sql: str) -> dict[str, Any]:
+        """One of the caller's read-only queries, under a savepoint so that its failure stays its own."""
+        self.executed_queries.append(sql)
+        with self.conn.cursor() as cur:
+            cur.execute("SAVEPOINT capital_check_query")
+            try:
+                cur.execute(sql)
+                names = [c.name for c in cur.description or []]
+                rows = [dict(zip(names, map(_plain, row), strict=True)) for row in cur.fetchall()]
+            except psycopg2.Error as exc:
+                cur.execute("ROLLBACK TO SAVEPOINT capital_check_query")
+                return {"rows": [], "error": str(exc).strip()}
+            cur.execute("RELEASE SAVEPOINT capital_check_query")
+        return {"rows": rows, "error": ""}
 
     def expected_sums(self) -> dict[str, dict[str, Decimal]]:
         """Signed cents per junta and type, recomputed from raw rows by the chosen method."""
@@ -502,6 +535,15 @@ class CapitalChecker:
         return f"capital_check found {len(found)} discrepancies (exact to the cent): {shown}{tail}"
 
 
+def _plain(value: Any) -> Any:
+    """A result value Ansible can carry without losing a cent: NUMERIC as its exact string, times ISO 8601."""
+    if isinstance(value, Decimal):
+        return str(value)
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return value
+
+
 def _figures_total(figures: Any) -> dict[str, Any]:
     """Sum per-junta shadow figures: counts as ints, money as strings."""
     items = list(figures)
@@ -522,6 +564,7 @@ def argument_spec() -> dict[str, Any]:
         "check_function": {"type": "bool", "default": True},
         "max_discrepancies": {"type": "int", "default": 1000},
         "lock_timeout": {"type": "str", "default": "10s"},
+        "queries": {"type": "list", "elements": "str", "default": []},
         **connection_argument_spec(),
     }
 
