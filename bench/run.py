@@ -402,7 +402,8 @@ def load_run(
         began = time.time()
         try:
             result = Migrator(conn, load_sql_dir(SQL_DIR), Options()).run()
-            out["migration"] = {"seconds": time.time() - began, "lock_retries": result["lock_retries"]}
+            out["migration"] = {"seconds": time.time() - began, "lock_retries": result["lock_retries"],
+                                "batches_rerun": result["batches_rerun"]}
         except MigrationError as exc:
             out["migration"] = {"seconds": time.time() - began, "error": exc.msg}
         window = (began, time.time() + 1)

@@ -360,3 +360,38 @@ def test_backfill_leaves_trigger_rows_alone_and_reruns_a_batch_raced_by_a_trigge
             assert cur.fetchone() == (1, 0, True)  # the trigger's one movement (amount + 2), not doubled
     finally:
         conn.close()
+
+
+def test_the_migration_reports_the_batches_a_trigger_raced(pg_db) -> None:
+    """Between Accion batches 1 and 2 the application updates a row of batch 2 and commits only once that
+    batch waits for it: the run reruns that one batch, says so in batches_rerun, and counts nothing twice."""
+    seed_db(pg_db, juntas=2)
+    app = pg_db.connect()
+    waiter: list[threading.Thread] = []
+
+    def commit_once_the_batch_waits() -> None:
+        _wait_for_a_lock_wait(pg_db, "application_name = 'capital-migrate'", threading.current_thread())
+        app.commit()
+
+    def after_batch(n: int) -> None:
+        if n == 1:  # batch 1 of 5 rows is Accion's first: its rows 6-10 come next
+            with app.cursor() as cur:
+                cur.execute('UPDATE "Accion" SET amount = amount + 3 '
+                            'WHERE id = (SELECT id FROM "Accion" ORDER BY id OFFSET 7 LIMIT 1)')
+            waiter.append(threading.Thread(target=commit_once_the_batch_waits))
+            waiter[0].start()
+
+    try:
+        result = migrate(pg_db, batch_size=5, after_batch=after_batch)
+    finally:
+        for t in waiter:
+            t.join()
+        app.close()
+    assert result["state_after"] == "applied"
+    assert result["batches_rerun"] == 1
+    conn = pg_db.connect()
+    try:
+        assert capital_mismatches(conn) == []
+        assert shadow_mismatches(conn) == []
+    finally:
+        conn.close()

@@ -530,6 +530,9 @@ class Migrator(UnitRunner):
         self.statement_log: list[dict[str, Any]] = []
         self.rows_backfilled: dict[str, int] = {}
         self.batches = 0
+        # Source batches a sync trigger raced (it wrote one of their rows after their snapshot): each was
+        # run again with ON CONFLICT DO NOTHING (capital_backfill_batch raises a NOTICE saying so).
+        self.batches_rerun = 0
         self.lock_retries = 0
 
     # -- helpers ---------------------------------------------------------------------------------------
@@ -548,6 +551,7 @@ class Migrator(UnitRunner):
                 raise Interrupted(f"stopped after {self.batches} batches")
 
             def work() -> tuple[str, int, bool, bool]:
+                del self.conn.notices[:]  # only the notices of the attempt that commits count
                 self.cur.execute("BEGIN")
                 self.cur.execute("SELECT set_config('lock_timeout', %s, true)", (timeout,))
                 self.cur.execute("SELECT set_config('statement_timeout', %s, true)", (stmt_timeout,))
@@ -557,6 +561,7 @@ class Migrator(UnitRunner):
                 self.cur.execute("SELECT * FROM capital_backfill_step(%s)", (self.options.batch_size,))
                 row = self.cur.fetchone()
                 self.cur.execute("COMMIT")
+                self.batches_rerun += sum("run again with ON CONFLICT" in n for n in self.conn.notices)
                 return row
 
             (source, rows, _source_done, all_done), attempts = self._attempt(
@@ -641,6 +646,7 @@ class Migrator(UnitRunner):
             "statements": self.statement_log,
             "rows_backfilled": self.rows_backfilled,
             "batches": self.batches,
+            "batches_rerun": self.batches_rerun,
             "lock_retries": self.lock_retries,
             **extra,
         }
@@ -727,7 +733,8 @@ class Migrator(UnitRunner):
                 violations=violations,
             )
             detail = {
-                k: result[k] for k in ("phases", "rows_backfilled", "lock_retries", "violations", "batches")
+                k: result[k]
+                for k in ("phases", "rows_backfilled", "lock_retries", "violations", "batches", "batches_rerun")
             }
             self._close_history("applied", detail)
             record.seconds += time.monotonic() - started

@@ -122,6 +122,12 @@ lock_retries:
   description: Total retries after lock timeouts or deadlocks.
   returned: always
   type: int
+batches_rerun:
+  description:
+    - Backfill batches an application write raced (its sync trigger wrote one of the batch's rows after the
+      batch's snapshot); each was run again at once with ON CONFLICT DO NOTHING, which skips that row.
+  returned: always
+  type: int
 violations:
   description: Existing rule violations found at enforce (kind, table, count, sample_ids, action).
   returned: always
