@@ -104,6 +104,16 @@ def shadow_mismatches(conn: Any) -> list[tuple[Any, ...]]:
         return cur.fetchall()
 
 
+def assert_figures_exact(db: Any) -> None:
+    """Capital (columns, ledger, function) and shadow tables agree with the raw rows, to the cent."""
+    conn = db.connect()
+    try:
+        assert capital_mismatches(conn) == []
+        assert shadow_mismatches(conn) == []
+    finally:
+        conn.close()
+
+
 def snapshot(conn: Any) -> dict[str, list[tuple[Any, ...]]]:
     """The end state row by row: ledger (without id/recorded_at), shadow tables, Junta columns, phase."""
     queries = {
