@@ -329,7 +329,8 @@ $$;
 -- source", and the unique (source, type, seq) index is the final arbiter.
 -- Rows the trigger wrote before this batch's snapshot are left out by reading
 -- what the ledger (and the shadow table) hold in the batch's id range
--- (last_id, batch's max id]: rows of earlier batches are below the range, so
+-- (last_id, the batch's last id, read just before]: rows of earlier batches
+-- are below the range, so
 -- the range holds only the triggers' rows, a handful, read through the
 -- unique index and hashed (NOT IN). The inserts then need no ON CONFLICT,
 -- whose speculative insertion cost ~28 % of a batch (BENCHMARKS.md, changes
