@@ -330,9 +330,8 @@ $$;
 -- Rows the trigger wrote before this batch's snapshot are left out by reading
 -- what the ledger (and the shadow table) hold in the batch's id range
 -- (last_id, the batch's last id, read just before]: rows of earlier batches
--- are below the range, so
--- the range holds only the triggers' rows, a handful, read through the
--- unique index and hashed (NOT IN). The inserts then need no ON CONFLICT,
+-- are below the range, so the range holds only the triggers' rows, a
+-- handful, read through the unique index and hashed (NOT IN). The inserts then need no ON CONFLICT,
 -- whose speculative insertion cost ~28 % of a batch (BENCHMARKS.md, changes
 -- 17-18). A trigger that commits its row after the snapshot (an application
 -- UPDATE of a row this batch then locks and re-reads) makes the plain insert
