@@ -9,7 +9,7 @@ STAMP := $(VENV)/.requirements-installed
 export PATH := $(abspath $(BIN)):$(PATH)
 export ANSIBLE_CONFIG := $(abspath ansible.cfg)
 
-.PHONY: setup collections lint test unit integration molecule demo bench faults clean
+.PHONY: setup collections lint test unit integration molecule demo bench faults inventory clean
 
 setup: $(STAMP) collections/.installed
 
@@ -47,6 +47,10 @@ demo: setup
 
 bench: setup
 	$(BIN)/python -m bench.run
+
+# After changing files/sql: regenerate the list of objects the migration creates (a test fails until then).
+inventory: setup
+	PYTHONPATH=python $(BIN)/python -m capital_migrate.inventory --write
 
 faults: setup
 	$(BIN)/pytest -q python/tests -m faults --faults=full

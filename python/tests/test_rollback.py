@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 import signal
+import tempfile
 import threading
 import uuid
 from typing import Any
 
 import pytest
+from ansible_collections.prestamos.capital.plugins.module_utils import provenance
+from ansible_collections.prestamos.capital.plugins.module_utils import rollback as rollback_utils
 from ansible_collections.prestamos.capital.plugins.module_utils.entry import stop_between_statements
 from ansible_collections.prestamos.capital.plugins.module_utils.migration import (
     ADVISORY_KEY_SQL,
@@ -16,7 +19,7 @@ from ansible_collections.prestamos.capital.plugins.module_utils.migration import
     MigrationError,
     Options,
 )
-from ansible_collections.prestamos.capital.plugins.module_utils.rollback import ROLLBACK_SCRIPT, Reverter, leftovers
+from ansible_collections.prestamos.capital.plugins.module_utils.rollback import Reverter
 from capital_migrate.datagen import table_checksums
 from migration_helpers import SQL_DIR, migrate, seed_db
 from migration_helpers import run_sql as query
@@ -52,14 +55,22 @@ ORDER BY 1, 2
 """
 
 
-def rollback_sql() -> str:
-    return (SQL_DIR / ROLLBACK_SCRIPT).read_text()
+def inventory_text() -> str:
+    return (SQL_DIR / provenance.INVENTORY_FILE).read_text()
 
 
-def roll_back(db: Any, force: bool = False, check_mode: bool = False, **options: Any) -> dict[str, Any]:
+def leftovers(cur: Any) -> list[dict[str, str]]:
+    """Objects the migration creates that are still in the database (by name: a test's view)."""
+    return rollback_utils.leftovers(cur, provenance.load_inventory(inventory_text()))
+
+
+def roll_back(db: Any, force: bool = False, check_mode: bool = False, force_changed: bool = False,
+              export_dir: str | None = None, **options: Any) -> dict[str, Any]:
     conn = db.connect()
     try:
-        return Reverter(conn, rollback_sql(), Options(**options), force=force).run(check_mode=check_mode)
+        return Reverter(conn, inventory_text(), Options(**options), force=force, force_changed=force_changed,
+                        export_dir=export_dir or tempfile.mkdtemp(prefix="capital-export-")).run(
+            check_mode=check_mode)
     finally:
         conn.close()
 
@@ -287,7 +298,7 @@ def test_sigterm_stops_the_rollback_between_statements_and_a_rerun_finishes_it(p
     saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     conn = pg_db.connect()
     try:
-        reverter = SignalledReverter(conn, rollback_sql(), Options())
+        reverter = SignalledReverter(conn, inventory_text(), Options(), export_dir=tempfile.mkdtemp())
         stop_between_statements(reverter)
         with pytest.raises(MigrationError) as err:
             reverter.run()

@@ -19,11 +19,14 @@ import hashlib
 import json
 import re
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from ansible_collections.prestamos.capital.plugins.module_utils import provenance
 
 ADVISORY_KEY_SQL = "hashtext('prestamos.capital_tracking')"
 MAIN_SCRIPT = "add_capital_tracking.sql"
@@ -234,6 +237,9 @@ def load_sql_dir(path: str | Path) -> dict[str, str]:
     files = {MAIN_SCRIPT: main}
     for name in parse_order(main):
         files[name] = (root / name).read_text(encoding="utf-8")
+    inventory = root / provenance.INVENTORY_FILE
+    if inventory.is_file():
+        files[provenance.INVENTORY_FILE] = inventory.read_text(encoding="utf-8")
     return files
 
 
@@ -258,7 +264,16 @@ def duration_ms(value: str | int, what: str) -> int:
 
 # -- state ------------------------------------------------------------------------------------------------
 def migration_state(cursor: Any, sha: str) -> str:
-    """not_applied | partial | applied | drifted (docs/design.md "Migration states"); read-only."""
+    """foreign_schema | not_applied | partial | applied | drifted (docs/design.md "Migration states"); read-only.
+
+    foreign_schema first: on the application's ORM-shaped database (domain.md §5) the ORM's own "PrestamoNew"
+    or capital columns would otherwise read as a partly applied migration.
+    """
+    # Imported here, not at the top: the CLI loads this file by path (capital_migrate/commands/status.py).
+    from ansible_collections.prestamos.capital.plugins.module_utils.schema_check import FOREIGN_SCHEMA, foreign_schema
+
+    if foreign_schema(cursor) is not None:
+        return FOREIGN_SCHEMA
     cursor.execute(
         "SELECT to_regclass('capital_movements') IS NOT NULL, to_regclass('capital_migration_history') IS NOT NULL,"
         " to_regclass('capital_migration_state') IS NOT NULL"
@@ -332,6 +347,8 @@ class Options:
     lock_backoff_max: float = 30.0
     batch_size: int = 5000
     statement_timeout: str = "0"
+    # Names this run in the record of provenance (and its history row); a random one when empty.
+    run_id: str = ""
     # Test hooks: stop the run (raise Interrupted) after this many backfill batches / after this piece.
     stop_after_batches: int | None = None
     stop_after_file: str | None = None
@@ -445,6 +462,13 @@ class UnitRunner:
                 ) from exc
 
     # -- units -----------------------------------------------------------------------------------------
+    def _before_commit(self) -> None:
+        """Runs inside each unit's transaction just before COMMIT (after an autocommit statement: in the
+        transaction that follows it). The migration records the objects the unit created here."""
+
+    def _after_autocommit(self) -> None:
+        """Runs after a unit that executed outside a transaction (CREATE INDEX CONCURRENTLY)."""
+
     def _run_unit(self, unit: Unit) -> None:
         timeout = f"{self.lock_timeout_ms}ms"
 
@@ -454,6 +478,7 @@ class UnitRunner:
                 self.cur.execute("SELECT set_config('lock_timeout', %s, true)", (timeout,))
                 for stmt in unit.statements:
                     self.cur.execute(stmt.text)
+                self._before_commit()
                 self.cur.execute("COMMIT")
                 return
             stmt = unit.statements[0]
@@ -469,6 +494,7 @@ class UnitRunner:
             finally:
                 if not self.conn.closed:
                     self.cur.execute("RESET lock_timeout")
+            self._after_autocommit()
 
         started = time.monotonic()
         where = f"{unit.file}:{unit.line} ({unit.summary})"
@@ -514,6 +540,13 @@ class Migrator(UnitRunner):
         self.pieces = parsed
         self.sha = sql_checksum([self.sql[MAIN_SCRIPT], *(self.sql[name] for name in parsed)])
         self.units = {name: parse_units(name, self.sql[name]) for name in parsed}
+        try:
+            self.inventory = provenance.load_inventory(self.sql.get(provenance.INVENTORY_FILE))
+        except provenance.ProvenanceError as exc:
+            raise MigrationError(str(exc)) from None
+        self.run_id = self.options.run_id or uuid.uuid4().hex[:12]
+        self.record_open = False  # the record exists and this run has planned its objects
+        self.provenance: dict[str, Any] = {}
         for name in parsed:
             phase_of(name)
         opts = self.options
@@ -594,7 +627,7 @@ class Migrator(UnitRunner):
         self.history_id = self._scalar(
             "INSERT INTO capital_migration_history (version, sql_sha256, applied_by, outcome, detail)"
             " VALUES (%s, %s, current_user, 'running', %s) RETURNING id",
-            (self.options.version, self.sha, json.dumps({"runner": APPLICATION_NAME})),
+            (self.options.version, self.sha, json.dumps({"runner": APPLICATION_NAME, "run_id": self.run_id})),
         )
 
     def _close_history(self, outcome: str, detail: Mapping[str, Any]) -> None:
@@ -606,6 +639,52 @@ class Migrator(UnitRunner):
             " detail = detail || %s::jsonb WHERE id = %s",
             (outcome, json.dumps(detail, default=str), self.history_id),
         )
+
+    # -- provenance ------------------------------------------------------------------------------------
+    def _survey(self) -> provenance.Survey:
+        """The inventory against the catalog and the record, in one read-only transaction."""
+        self.cur.execute("BEGIN")
+        try:
+            return provenance.survey(self.cur, self.inventory)
+        finally:
+            self.cur.execute("ROLLBACK")
+
+    def _refuse_unproven(self, found: provenance.Survey, state_before: str) -> None:
+        """Before the first change (and in check mode, which preflight reads): objects the migration would
+        create that are not provably its own."""
+        if not found.problems:
+            return
+        raise MigrationError(
+            f"refused before any change: {len(found.problems)} object(s) the migration creates already exist "
+            "and are not provably this migration's: " + "; ".join(str(p) for p in found.problems)
+            + ". Nothing was changed. They belong to someone else (a DBA, the application) or were changed "
+            "by hand: rename or remove them yourself after checking who uses them, or point the tool at "
+            "the right database",
+            provenance_drift=[str(p) for p in found.problems],
+            refused=True,
+            state_before=state_before,
+            state_after=state_before,
+            sql_sha256=self.sha,
+        )
+
+    def _open_record(self, found: provenance.Survey) -> None:
+        """Create the record if missing, adopt, plan; one transaction, before the first piece."""
+        self.cur.execute("BEGIN")
+        self.provenance = provenance.begin_record(self.cur, self.inventory, found, self.run_id)
+        self.cur.execute("COMMIT")
+        self.record_open = True
+
+    def _before_commit(self) -> None:
+        if self.record_open:
+            self.provenance["claimed"] = self.provenance.get("claimed", 0) + provenance.claim(
+                self.cur, self.inventory, self.run_id
+            )
+
+    def _after_autocommit(self) -> None:
+        if self.record_open:
+            self.cur.execute("BEGIN")
+            self._before_commit()
+            self.cur.execute("COMMIT")
 
     # -- reporting -------------------------------------------------------------------------------------
     def _phase_name(self) -> str | None:
@@ -648,6 +727,7 @@ class Migrator(UnitRunner):
             "batches": self.batches,
             "batches_rerun": self.batches_rerun,
             "lock_retries": self.lock_retries,
+            "run_id": self.run_id,
             **extra,
         }
 
@@ -661,15 +741,37 @@ class Migrator(UnitRunner):
 
     def _run_locked(self, check_mode: bool) -> dict[str, Any]:
         state_before = migration_state(self.cur, self.sha)
+        if state_before == "foreign_schema":
+            # The application's ORM-shaped database (domain.md §5): refused before anything is read or
+            # changed further, in check mode too (preflight reads this refusal as its state check).
+            from ansible_collections.prestamos.capital.plugins.module_utils.schema_check import foreign_schema
+
+            finding = foreign_schema(self.cur) or {}
+            raise MigrationError(
+                str(finding.get("message", "this database is not the guide's; nothing was changed")),
+                foreign_schema=True,
+                found=finding.get("found", []),
+                expected=finding.get("expected", ""),
+                next_step=finding.get("next_step", ""),
+                state_before=state_before,
+                sql_sha256=self.sha,
+            )
         phase_before = self._phase_name()
+        found = self._survey()
         if state_before == "applied":
+            self._refuse_unproven(found, state_before)
+            # Applied before the record existed (or through psql): adopt what matches, nothing else changes.
+            adopt = bool(found.adoptable or found.claimable) and not check_mode
+            if adopt:
+                self._open_record(found)
             return self._result(
-                False,
+                adopt,
                 state_before,
                 state_after="applied",
                 phase_before=phase_before,
                 phase_after=phase_before,
                 violations=self._violations(),
+                provenance={**found.summary(), **self.provenance},
             )
         if state_before == "drifted":
             recorded = self._scalar(
@@ -683,6 +785,7 @@ class Migrator(UnitRunner):
                 sql_sha256=self.sha,
                 state_before=state_before,
             )
+        self._refuse_unproven(found, state_before)
         if check_mode:
             # Every unit is one transaction (or one autocommit statement), except a backfill CALL, which the
             # runner repeats batch by batch until its steps are done: those are counted apart.
@@ -708,8 +811,10 @@ class Migrator(UnitRunner):
                 plan=plan,
                 backfill_progress=self._progress(),
                 violations=self._violations(),
+                provenance=found.summary(),
             )
         try:
+            self._open_record(found)
             for name in self.pieces:
                 for unit in self.units[name]:
                     self._stop_if_requested(f"before {unit.file}:{unit.line}")
@@ -731,6 +836,7 @@ class Migrator(UnitRunner):
                 phase_before=phase_before,
                 phase_after=self._phase_name(),
                 violations=violations,
+                provenance=self.provenance,
             )
             detail = {
                 k: result[k]

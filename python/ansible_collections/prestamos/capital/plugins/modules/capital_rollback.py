@@ -8,9 +8,18 @@ DOCUMENTATION = r"""
 module: capital_rollback
 short_description: Remove the prestamos capital-tracking migration, keeping every legacy row
 description:
-  - Runs C(files/sql/rollback_capital_tracking.sql) unit by unit. The triggers, constraints, indexes and added
-    columns of the legacy tables, the ledger, the shadow tables, the bookkeeping tables and the functions go.
-    Every row of the legacy tables stays, including rows written after the migration.
+  - Drops exactly the objects the record of provenance (table C(capital_migration_objects)) holds, each found
+    by its OID, never by name. Every row of the legacy tables stays, including rows written after the
+    migration; an object not in the record (a DBA's own C(capital_*) function, the application's tables) is
+    never touched.
+  - A database migrated before the record existed is adopted first, object by object, where each matches
+    what the SQL files create (the C(inventory)); objects that do not match are left alone and named.
+  - Refuses before the first drop, naming each, an object whose definition changed since it was recorded or
+    on which an object outside the record depends (a view over the ledger, a foreign key into a shadow
+    table), unless C(force_changed) is set.
+  - Before dropping tables that hold rows it locks them, writes every row to a new 0600 file in
+    C(export_dir) (COPY blocks), checks the file against the row counts and writes a manifest (sha256, row
+    counts), then drops them in the same transaction.
   - Works from any state the migration can leave (partial, applied, an earlier partial rollback); with
     nothing of the migration left it changes nothing (C(changed=false)).
   - Holds the migration's advisory lock for its whole run and fails at once, naming the holder, when a
@@ -24,14 +33,31 @@ author: prestamos capital-tracking project
 extends_documentation_fragment:
   - prestamos.capital.connection
 options:
-  sql:
-    description: Text of C(rollback_capital_tracking.sql) (the module runs on the target host).
+  inventory:
+    description: Text of C(files/sql/migration_objects.json), the objects the migration creates.
     type: str
     required: true
   force:
-    description: Drop shadow rows that exist nowhere else.
+    description: Drop shadow rows that exist nowhere else (they are exported first).
     type: bool
     default: false
+  force_changed:
+    description:
+      - Drop recorded objects even when their definition changed since they were recorded or objects outside
+        the record depend on them; those dependents are dropped too (CASCADE).
+    type: bool
+    default: false
+  export_dir:
+    description: Directory for the export of the dropped tables' rows (created 0700 when missing).
+    type: path
+  export_prefix:
+    description: Middle of the export's file name, C(rollback-export-<prefix>-<UTC time>.sql).
+    type: str
+    default: rollback
+  run_id:
+    description: Names this run in the record (random when empty).
+    type: str
+    default: ""
   inspect_only:
     description: Only report the state, the objects present and the shadow-only rows; change nothing.
     type: bool
@@ -57,7 +83,8 @@ attributes:
 EXAMPLES = r"""
 - name: rollback | Remove everything the migration added
   prestamos.capital.capital_rollback:
-    sql: "{{ lookup('ansible.builtin.file', 'files/sql/rollback_capital_tracking.sql') }}"
+    inventory: "{{ lookup('ansible.builtin.file', 'files/sql/migration_objects.json') }}"
+    export_dir: /var/backups/prestamos-capital
     lock_timeout: 2s
 """
 
@@ -71,10 +98,28 @@ state_after:
   returned: success
   type: str
 removed:
-  description: The objects found (and removed), each C(kind) and C(name).
+  description: The objects the rollback drops (or would drop), each C(kind) and C(name).
   returned: always
   type: list
   elements: dict
+rows:
+  description: Rows of each table it drops (exported first).
+  returned: always
+  type: dict
+blocked_by:
+  description: Changed objects and outside dependents that stop the rollback unless C(force_changed).
+  returned: always
+  type: list
+  elements: str
+left_alone:
+  description: Objects with a name the migration uses that are not its own; never touched.
+  returned: always
+  type: list
+  elements: str
+export:
+  description: The export file (C(path), C(manifest), C(sha256), C(row_counts)); empty when no rows.
+  returned: success
+  type: dict
 shadow_only:
   description: Counts of shadow rows no legacy row stands behind (C(loans), C(payments)).
   returned: always
@@ -105,8 +150,12 @@ from ansible_collections.prestamos.capital.plugins.module_utils.rollback import 
 def argument_spec() -> dict[str, Any]:
     """The rollback's options plus the shared connection options."""
     return {
-        "sql": {"type": "str", "required": True},
+        "inventory": {"type": "str", "required": True},
         "force": {"type": "bool", "default": False},
+        "force_changed": {"type": "bool", "default": False},
+        "export_dir": {"type": "path"},
+        "export_prefix": {"type": "str", "default": "rollback"},
+        "run_id": {"type": "str", "default": ""},
         "inspect_only": {"type": "bool", "default": False},
         "lock_timeout": {"type": "str", "default": "2s"},
         "lock_retries": {"type": "int", "default": 5},
@@ -119,7 +168,8 @@ def main() -> None:
     """Thin entry point: Reverter does the work, this adapts parameters and errors."""
     module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
     p = module.params
-    options = Options(lock_timeout=p["lock_timeout"], lock_retries=p["lock_retries"], lock_backoff=p["lock_backoff"])
+    options = Options(lock_timeout=p["lock_timeout"], lock_retries=p["lock_retries"], lock_backoff=p["lock_backoff"],
+                      run_id=p["run_id"])
 
     def error_details(details: dict[str, Any]) -> dict[str, Any]:
         return {**details, "changed": bool(details.pop("changed", False))}
@@ -127,7 +177,8 @@ def main() -> None:
     run_module(
         module,
         "capital_rollback",
-        lambda conn: Reverter(conn, p["sql"], options, force=p["force"]),
+        lambda conn: Reverter(conn, p["inventory"], options, force=p["force"], force_changed=p["force_changed"],
+                              export_dir=p["export_dir"], export_prefix=p["export_prefix"]),
         lambda reverter: reverter.run(check_mode=module.check_mode, inspect_only=p["inspect_only"]),
         error_details,
     )
