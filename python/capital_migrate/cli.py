@@ -91,6 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
         cmd = sub.add_parser(name, help=text, description=text, epilog=EPILOG,
                              formatter_class=argparse.RawDescriptionHelpFormatter)
         _common(cmd)
+        if name == "rollback":
+            cmd.add_argument("--plan", "--dry-run", dest="plan", action="store_true",
+                             help="list every object the reverse migration would drop and every row count it "
+                             "would export and discard; change nothing (ansible-playbook --check)")
         commands[name] = run_stage_command
 
     status = sub.add_parser("status", help="applied / partial / not_applied / drifted, and the last run",

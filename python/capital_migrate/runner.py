@@ -228,6 +228,7 @@ class RunRequest:
     keep_artifacts: bool = False
     vault_password_file: Path | None = None
     secret_env_names: tuple[str, ...] = ()
+    check: bool = False  # ansible-playbook --check: a dry run (the rollback's plan)
 
 
 @dataclass
@@ -396,6 +397,8 @@ def run_playbook(
         cmdline: list[str] = []
         if request.vault_password_file is not None:
             cmdline += ["--vault-password-file", str(request.vault_password_file)]
+        if request.check:
+            cmdline.append("--check")
         hidden = tuple(dict.fromkeys((*SECRET_ENV, *request.secret_env_names)))
         try:
             with environ_without(hidden):

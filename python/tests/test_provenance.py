@@ -12,6 +12,8 @@ import pytest
 from ansible_collections.prestamos.capital.plugins.module_utils import provenance
 from ansible_collections.prestamos.capital.plugins.module_utils.migration import MigrationError
 from capital_migrate import inventory as inventory_builder
+from capital_migrate.exitcodes import ExitCode
+from cli_support import base_env, run_cli
 from migration_helpers import SQL_DIR, migrate, seed_db
 from migration_helpers import run_sql as query
 from test_rollback import fingerprint, leftovers, roll_back, write_application_rows
@@ -232,3 +234,35 @@ def test_an_index_built_but_not_yet_claimed_is_claimed_by_the_next_run(pg_db: An
     assert record(pg_db)["index capital_movements.capital_movements_junta_created_idx"][0] == "created"
     assert roll_back(pg_db)["state_after"] == "not_applied"
     assert leftovers_now(pg_db) == []
+
+
+def test_rollback_plan_from_the_cli_lists_objects_and_rows_then_the_rollback_names_its_export(
+    pg_db: Any, tmp_path: Path
+) -> None:
+    """`capital-migrate rollback --plan` is ansible-playbook --check through the real role: it lists what the
+    reverse migration would drop and the rows it would discard, and changes nothing."""
+    seed_db(pg_db, juntas=2)
+    migrate(pg_db)
+    query(pg_db, DBA_OBJECTS)
+    shape = fingerprint(pg_db)
+    ledger_rows = query(pg_db, "SELECT count(*) FROM capital_movements")[0][0]
+    env = base_env(pg_db.cluster.env(pg_db.name))
+    args = ["--report-dir", str(tmp_path / "reports"), "-e", f"capital_backup_dir={tmp_path / 'backups'}"]
+
+    plan = run_cli(["rollback", "--plan", "--quiet", *args], env)
+
+    assert plan.code == ExitCode.SUCCESS, plan.stdout + plan.stderr
+    assert "drop table capital_movements" in plan.stdout and 'drop column "Junta".base_capital' in plan.stdout
+    assert f"export then discard capital_movements: {ledger_rows} rows" in plan.stdout
+    assert "capital_user_idx" not in plan.stdout and "capital_monthly_summary" not in plan.stdout
+    assert fingerprint(pg_db) == shape and not (tmp_path / "backups").exists()
+
+    done = run_cli(["rollback", "--quiet", "--json", *args], env)
+
+    assert done.code == ExitCode.SUCCESS, done.stdout + done.stderr
+    rollback = done.json()["data"]["rollback"]
+    export = Path(rollback["export_file"])
+    assert export.parent == tmp_path / "backups" and export.is_file()
+    assert rollback["export_sha256"] == hashlib.sha256(export.read_bytes()).hexdigest()
+    assert rollback["rows_exported"]["capital_movements"] == ledger_rows
+    assert query(pg_db, DBA_SHAPE)  # the DBA's objects are still there

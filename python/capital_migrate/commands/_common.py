@@ -179,8 +179,8 @@ def playbook_path(ctx: Context, name: str) -> str:
     return str(path)
 
 
-def run_stage(ctx: Context, playbook: str, extravars: dict[str, Any] | None = None) -> RunResult:
-    """Run one playbook with the context's inventory, connection and variables."""
+def run_stage(ctx: Context, playbook: str, extravars: dict[str, Any] | None = None, check: bool = False) -> RunResult:
+    """Run one playbook with the context's inventory, connection and variables (``check``: --check)."""
     request = RunRequest(
         playbook=playbook,
         inventory=ctx.inventory,
@@ -191,6 +191,7 @@ def run_stage(ctx: Context, playbook: str, extravars: dict[str, Any] | None = No
         vault_password_file=Path(ctx.args.vault_password_file) if getattr(ctx.args, "vault_password_file", None)
         else None,
         secret_env_names=(ctx.args.database_url_env,) if getattr(ctx.args, "database_url_env", None) else (),
+        check=check,
     )
     return run_playbook(request, ctx.view)
 

@@ -24,15 +24,35 @@ def run_stage_command(args: argparse.Namespace) -> int:
     command: str = args.command
     ctx = build_context(args)
     playbook = playbook_path(ctx, PLAYBOOKS[command])
-    if command in CHANGES_DATABASE:
+    dry_run = bool(getattr(args, "plan", False))
+    if command in CHANGES_DATABASE and not dry_run:
         confirm_if_required(ctx)
-    result = run_stage(ctx, playbook)
+    result = run_stage(ctx, playbook, check=dry_run)
     code = finish(ctx, command, result)
     if command == "plan" and not ctx.json:
         plan = (result.capital_report.get("preflight") or {}).get("plan") or {}
         if plan:
             ctx.say(render_plan(plan))
+    if dry_run and not ctx.json:
+        rollback_plan = (result.capital_report.get("rollback") or {}).get("plan") or {}
+        if rollback_plan:
+            ctx.say(render_rollback_plan(rollback_plan))
     return code
+
+
+def render_rollback_plan(plan: dict[str, object]) -> str:
+    """The reverse migration's dry run: every object it would drop, every row it would export and discard."""
+    objects = plan.get("objects") if isinstance(plan.get("objects"), list) else []
+    lines = ["", f"rollback plan (dry run, nothing changed): drop {len(objects)} object(s) of the record"]
+    lines += [f"  drop {name}" for name in objects]
+    rows = plan.get("rows")
+    if isinstance(rows, dict):
+        lines += [f"  export then discard {table}: {count} rows" for table, count in sorted(rows.items())]
+    for key, label in (("blocked_by", "stops the rollback"), ("left_alone", "left alone (not this migration's)")):
+        items = plan.get(key)
+        if isinstance(items, list):
+            lines += [f"  {label}: {item}" for item in items]
+    return "\n".join(lines)
 
 
 def render_plan(plan: dict[str, object]) -> str:

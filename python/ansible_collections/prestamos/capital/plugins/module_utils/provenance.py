@@ -333,7 +333,32 @@ def survey(cursor: Any, inventory: Mapping[Key, str]) -> Survey:
                                           f"{now.sha256[:12]}, recorded {(rec.sha256 or '')[:12]})"))
         else:
             s.owned.append(key)
+    _withhold_unproven_adoptions(s, inventory)
     return s
+
+
+HISTORY_TABLE = Key("table", "", "capital_migration_history")
+
+
+def _withhold_unproven_adoptions(s: Survey, inventory: Mapping[Key, str]) -> None:
+    """Adopt only what this migration can have made. A definition that matches is not proof by itself: the
+    application's ORM makes "Accion".affects_capital and "PrestamoNew"'s primary key exactly as we do
+    (domain.md §5). So adoption needs this migration's own bookkeeping table to be there (ours or adoptable),
+    and a part of one of our tables (index, constraint, trigger) is adopted only with its table."""
+    evidence = HISTORY_TABLE in s.owned or HISTORY_TABLE in s.adoptable or HISTORY_TABLE in s.claimable
+    ours = set(s.owned) | set(s.adoptable) | set(s.claimable)
+    inventory_tables = {k.name for k in inventory if k.kind == "table"}
+    keep: list[Key] = []
+    for key in s.adoptable:
+        if not evidence:
+            s.drift.append(Problem(key, "exists, not in the record, and nothing shows this migration ran here (no "
+                                        "capital_migration_history of its own): not adopted"))
+        elif key.table in inventory_tables and Key("table", "", key.table) not in ours:
+            s.drift.append(Problem(key, f"exists on table {_quote(key.table)}, which is not this migration's: "
+                                        "not adopted"))
+        else:
+            keep.append(key)
+    s.adoptable = keep
 
 
 def _insert(cursor: Any, key: Key, found: Found | None, state: str, run_id: str) -> None:
