@@ -16,6 +16,8 @@ from capital_migrate.exitcodes import ExitCode
 from cli_support import base_env, run_cli
 from migration_helpers import SQL_DIR, migrate, seed_db
 from migration_helpers import run_sql as query
+from orm_fixture import ORM_STATES, build_orm_database, database_checksums
+from playbook_support import playbook_env, run_playbook
 from test_rollback import fingerprint, leftovers, roll_back, write_application_rows
 
 # A DBA's own objects, named like the migration's, made before it ran.
@@ -266,3 +268,35 @@ def test_rollback_plan_from_the_cli_lists_objects_and_rows_then_the_rollback_nam
     assert rollback["export_sha256"] == hashlib.sha256(export.read_bytes()).hexdigest()
     assert rollback["rows_exported"]["capital_movements"] == ledger_rows
     assert query(pg_db, DBA_SHAPE)  # the DBA's objects are still there
+
+
+@pytest.mark.parametrize("state", ORM_STATES)
+def test_rollback_on_the_applications_orm_database_changes_nothing(pg_db: Any, state: str) -> None:
+    """The ORM's "PrestamoNew", "CapitalMovement" and "Junta" capital columns are the application's live
+    data (domain.md §5): the rollback recognises the database, refuses and drops nothing."""
+    build_orm_database(pg_db, state)
+    before = database_checksums(pg_db)
+
+    with pytest.raises(MigrationError) as refused:
+        roll_back(pg_db)
+
+    assert refused.value.details["foreign_schema"] is True and refused.value.details["changed"] is False
+    assert "Nothing was changed" in refused.value.msg
+    assert database_checksums(pg_db) == before
+
+
+def test_rollback_yml_on_the_orm_database_with_capital_columns_exits_non_zero_and_keeps_them(
+    pg_db: Any, tmp_path: Path
+) -> None:
+    """The issue's worst case: the application keeps its capital columns and has no new-style loans yet."""
+    build_orm_database(pg_db, "later")
+    before = database_checksums(pg_db)
+
+    run = run_playbook("playbooks/rollback.yml", playbook_env(pg_db.env),
+                       {"capital_backup_dir": str(tmp_path / "b"), "capital_report_dir": str(tmp_path / "r")})
+
+    assert run.rc != 0, run.output
+    assert "not the guide's" in run.output
+    assert database_checksums(pg_db) == before
+    assert query(pg_db, 'SELECT count(*) FROM information_schema.columns'
+                        " WHERE table_name = 'Junta' AND column_name = 'base_capital'") == [(1,)]

@@ -42,8 +42,10 @@ from ansible_collections.prestamos.capital.plugins.module_utils.migration import
     duration_ms,
 )
 from ansible_collections.prestamos.capital.plugins.module_utils.provenance import Found, Key
+from ansible_collections.prestamos.capital.plugins.module_utils.schema_check import foreign_schema
 
 EXPORT_PREFIX = "rollback-export-"
+FOREIGN_SCHEMA_STATE = "foreign_schema"
 
 
 def _ident(name: str) -> str:
@@ -339,6 +341,14 @@ class Reverter(UnitRunner):
         self.conn.autocommit = True
         self.cur.execute("SELECT set_config('application_name', %s, false)", (APPLICATION_NAME,))
         with advisory_lock(self.cur):
+            finding = foreign_schema(self.cur)
+            if finding is not None:
+                # The application's ORM-made database (domain.md §5): none of its objects is ours to drop.
+                raise MigrationError(
+                    str(finding["message"]),
+                    foreign_schema=True, refused=True, changed=False, state_before=FOREIGN_SCHEMA_STATE,
+                    found=finding.get("found", []), next_step=finding.get("next_step", ""),
+                )
             plan = self.plan()
             result = self._result(plan)
             if inspect_only or not plan.objects:
