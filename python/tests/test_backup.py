@@ -218,6 +218,33 @@ def test_a_unique_password_never_reaches_the_output(seeded_db: Database, tmp_pat
         run_sql(seeded_db, f"DROP ROLE {name}")
 
 
+def test_the_identity_is_read_by_a_plain_role_and_null_where_pg_control_system_is_revoked(
+        seeded_db: Database, tmp_path: Path) -> None:
+    """PostgreSQL 15 lets PUBLIC execute pg_control_system(), so a role that is no superuser records the
+    cluster's system identifier; where an administrator revoked it (pg_monitor does not give it back) the
+    backup still succeeds and the manifest says null, not a guess."""
+    [(sysid,)] = run_sql(seeded_db, "SELECT system_identifier::text FROM pg_control_system()")
+    name, password = f"capital_ro_{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    run_sql(seeded_db, f"CREATE ROLE {name} LOGIN PASSWORD '{password}' IN ROLE pg_read_all_data, pg_monitor")
+    env = {**seeded_db.env, "PGUSER": name, "PGPASSWORD": password}
+    try:
+        manifests = []
+        for revoke in (False, True):
+            if revoke:
+                run_sql(seeded_db, "REVOKE EXECUTE ON FUNCTION pg_control_system() FROM PUBLIC")
+            backup_dir = tmp_path / f"b{revoke}"
+            run = run_playbook(PLAYBOOK, playbook_env(env),
+                               {"capital_backup_dir": str(backup_dir), "capital_report_dir": str(tmp_path / "r")})
+            assert run.rc == 0, run.output
+            [dump] = dumps(backup_dir)
+            manifests.append(json.loads(Path(f"{dump}.manifest.json").read_text(encoding="utf-8")))
+    finally:
+        run_sql(seeded_db, "GRANT EXECUTE ON FUNCTION pg_control_system() TO PUBLIC")
+        run_sql(seeded_db, f"DROP ROLE {name}")
+    assert [m["system_identifier"] for m in manifests] == [sysid, None]
+    assert all(m["database"] == seeded_db.name and m["server_version_num"] >= 150000 for m in manifests)
+
+
 # -- capital_backup_seal, run alone (ansible localhost -m ...) on dumps damaged by hand --------------------
 def seal(partial: Path, path: Path, env: dict[str, str], **more: Any) -> subprocess.CompletedProcess[str]:
     args = {"partial": str(partial), "path": str(path), "format": "custom",

@@ -1,14 +1,15 @@
 #!/usr/bin/python
-"""Ansible module capital_backup_seal: move a finished dump into place, verify it, checksum it, describe it."""
+"""Ansible module capital_backup_seal: move a finished dump into place, verify it, checksum it, describe it;
+and, before a restore, choose a dump by identity and check it against its manifest (mode=verify)."""
 
 from __future__ import annotations
 
 DOCUMENTATION = r"""
 ---
 module: capital_backup_seal
-short_description: Seal a finished pg_dump - move it into place, verify, checksum and write its manifest
+short_description: Seal a finished pg_dump (move, verify, checksum, manifest), or verify one before a restore
 description:
-  - Runs on the host that ran C(pg_dump), right after it wrote I(partial). In order, stopping at the first
+  - I(mode=seal) runs on the host that ran C(pg_dump), right after it wrote I(partial). In order, stopping at the first
     failure - refuses when I(path) exists (a backup is never overwritten); reads the table of contents of
     I(partial) with C(pg_restore --list) (an empty list fails) and then every entry, data included, with
     C(pg_restore --file=-), counting the rows of every table's data block on the way (a dump cut short or
@@ -16,8 +17,16 @@ description:
     C(pg_dump --version); renames I(partial) to I(path) within its directory; restricts it to its owner
     (files 0600, directories 0700); writes C(<path>.manifest.json) (0600, never over an existing file).
   - A custom-format dump is hashed as one file. A directory dump has no single file to hash, so its sha256
-    is the sha256 of the sorted C("<sha256>  <file name>") lines of its files, which
-    C(cd DIR && sha256sum * | sha256sum) reproduces.
+    is the sha256 of the C("<sha256>  <relative path>") lines of its files sorted by path, which
+    C(cd DIR && sha256sum * | sha256sum) reproduces (C(pg_dump --format=directory) writes no subdirectories).
+  - I(mode=verify) changes nothing. It takes the dump I(path), or else the newest (by name) of the names in
+    I(directory) matching I(list_pattern) whose manifest shows the expected identity, skipping the others (each
+    named in RV(skipped) with the reason). Identity - the manifest's C(database) must equal I(source_database)
+    (default the target's, I(expect.database)); without I(source_database) the manifest's
+    C(system_identifier) must also equal I(expect.system_identifier) when both are known (a null on either
+    side leaves the database name as the only check, and RV(identity_note) says so). A chosen dump of
+    another identity is refused naming both. Then the dump's sha256, computed exactly as I(mode=seal) did for
+    its format, must equal the manifest's, so custom and directory dumps verify alike.
   - The row counts and the server version in the manifest are those of the dump itself (its data blocks
     and its header), so they hold exactly, whatever the application wrote while C(pg_dump) ran; a test
     restore must give back these counts.
@@ -26,27 +35,52 @@ description:
 version_added: 0.2.0
 author: prestamos capital-tracking project
 options:
+  mode:
+    description: C(seal) a dump C(pg_dump) has just written, or C(verify) one before a restore.
+    type: str
+    choices: [seal, verify]
+    default: seal
+    version_added: 0.3.0
   partial:
-    description: The file or directory C(pg_dump) has just finished writing.
+    description: The file or directory C(pg_dump) has just finished writing. Required with I(mode=seal).
     type: path
-    required: true
   path:
-    description: Where the dump goes; must not exist yet, and must be in the directory of I(partial).
+    description:
+      - With I(mode=seal), where the dump goes; must not exist yet, and must be in the directory of I(partial).
+        Required.
+      - With I(mode=verify), the dump to verify; empty means the newest matching one in I(directory).
     type: path
-    required: true
   format:
-    description: C(custom) (one file) or C(directory) (the C(pg_dump --format=directory) layout).
+    description:
+      - C(custom) (one file) or C(directory) (the C(pg_dump --format=directory) layout). Required with
+        I(mode=seal); I(mode=verify) reads it from the manifest.
     type: str
     choices: [custom, directory]
-    required: true
   manifest:
     description:
-      - What the run knows about the dump (database, environment, start time); the module adds C(file),
-        C(format), C(size), C(sha256), C(sha256_method), C(toc_entries), C(server_version) (from the
-        dump's header), C(row_counts), C(pg_dump_version) and C(time) (UTC), which win over keys of the same
-        name.
+      - What the run knows about the dump (database, its cluster's system identifier, environment, start
+        time); the module adds C(file), C(format), C(size), C(sha256), C(sha256_method), C(toc_entries),
+        C(server_version) (from the dump's header), C(row_counts), C(pg_dump_version) and C(time) (UTC),
+        which win over keys of the same name. Required with I(mode=seal).
     type: dict
-    required: true
+  directory:
+    description: With I(mode=verify) and no I(path), where to look for dumps.
+    type: path
+    version_added: 0.3.0
+  expect:
+    description:
+      - With I(mode=verify), the target's identity (required). Keys C(database) (C(current_database()) of
+        the target) and C(system_identifier) (its cluster's, a string, or null when it could not be read).
+    type: dict
+    version_added: 0.3.0
+  source_database:
+    description:
+      - With I(mode=verify), restore a dump of this database on purpose (disaster recovery into another
+        database or onto a new host). The manifest's C(database) must then equal it, and the system
+        identifiers are not compared. Empty means the target's own dumps only.
+    type: str
+    default: ""
+    version_added: 0.3.0
   row_counts_of:
     description:
       - Tables (unqualified names of schema C(public), or C(schema.table)) whose rows the manifest's
@@ -64,14 +98,17 @@ options:
     default: pg_dump
   list_pattern:
     description:
-      - A regular expression; the names in the dump's directory that match it are returned in
-        RV(siblings), sorted (the backup role's retention uses it instead of a separate C(find)).
+      - With I(mode=seal), a regular expression; the names in the dump's directory that match it are
+        returned in RV(siblings), sorted (the backup role's retention uses it instead of a separate C(find)).
+      - With I(mode=verify) and no I(path), the names in I(directory) that are candidates.
     type: str
     default: "^$"
 attributes:
   check_mode:
     support: none
-    description: It moves and writes files; the backup role does not call it under --check.
+    description:
+      - I(mode=seal) moves and writes files; the backup role does not call it under --check. I(mode=verify)
+        only reads, and the rollback role runs it with C(check_mode=false).
   diff_mode:
     support: none
     description: Nothing to diff.
@@ -91,15 +128,25 @@ EXAMPLES = r"""
       capital_env: prod
       dump_started: 20261201T120000Z
     row_counts_of: [Junta, Accion]
+
+- name: rollback | Choose the dump to restore and verify it
+  prestamos.capital.capital_backup_seal:
+    mode: verify
+    directory: /var/backups/capital
+    list_pattern: '^prod-loans-[0-9]{8}T[0-9]{6}Z\.dump$'
+    expect:
+      database: loans
+      system_identifier: "7714703450346943047"
+  check_mode: false
 """
 
 RETURN = r"""
 path:
-  description: The sealed dump.
+  description: The sealed dump, or the dump verified.
   returned: success
   type: str
 manifest_path:
-  description: The manifest written next to it.
+  description: The manifest written next to it, or read.
   returned: success
   type: str
 manifest:
@@ -125,9 +172,23 @@ row_counts:
   sample: {"Junta": 2750, "Accion": 411507}
 siblings:
   description: Names in the dump's directory matching I(list_pattern), sorted.
-  returned: success
+  returned: I(mode=seal)
   type: list
   elements: str
+identity_checked:
+  description: What of the identity was compared, C(database) and, when known on both sides, C(system_identifier).
+  returned: I(mode=verify)
+  type: list
+  elements: str
+identity_note:
+  description: Why the system identifiers were not compared (empty when they were).
+  returned: I(mode=verify)
+  type: str
+skipped:
+  description: Candidates newer than the chosen dump that were passed over, each with C(file) and C(reason).
+  returned: I(mode=verify)
+  type: list
+  elements: dict
 """
 
 import hashlib
@@ -187,12 +248,13 @@ def file_sha256(path: Path) -> str:
 
 
 def dump_digest(path: Path, fmt: str) -> tuple[str, int, str]:
-    """(sha256, size, sha256_method) of a custom-format file or a directory dump."""
+    """(sha256, size, sha256_method) of a custom-format file or a directory dump. Sealing and verifying both
+    call this, so the two can never disagree on how a format is hashed."""
     if fmt == "custom":
         return file_sha256(path), path.stat().st_size, "file"
-    files = sorted(p for p in path.iterdir() if p.is_file())
-    lines = "".join(f"{file_sha256(p)}  {p.name}\n" for p in files)
-    size = sum(p.stat().st_size for p in files)
+    files = sorted((p.relative_to(path).as_posix(), p) for p in path.rglob("*") if p.is_file())
+    lines = "".join(f"{file_sha256(p)}  {name}\n" for name, p in files)
+    size = sum(p.stat().st_size for _, p in files)
     return hashlib.sha256(lines.encode()).hexdigest(), size, "sha256 of sorted sha256sum lines of the directory files"
 
 
@@ -215,20 +277,124 @@ def write_new(path: Path, text: str) -> None:
         os.fsync(fh.fileno())
 
 
-def main() -> None:
-    module = AnsibleModule(
-        argument_spec={
-            "partial": {"type": "path", "required": True},
-            "path": {"type": "path", "required": True},
-            "format": {"type": "str", "required": True, "choices": ["custom", "directory"]},
-            "manifest": {"type": "dict", "required": True},
-            "pg_restore": {"type": "str", "default": "pg_restore"},
-            "pg_dump": {"type": "str", "default": "pg_dump"},
-            "list_pattern": {"type": "str", "default": "^$"},
-            "row_counts_of": {"type": "list", "elements": "str", "default": []},
-        },
-        supports_check_mode=False,
-    )
+class Refused(Exception):
+    """A dump that must not be restored here; the message says why and what to do."""
+
+
+def describe(database: object, system_identifier: object) -> str:
+    known = system_identifier if system_identifier not in (None, "") else "unknown"
+    return f"database '{database}' (cluster system identifier {known})"
+
+
+def identity_mismatch(manifest: dict[str, Any], expect: dict[str, Any], source_database: str) -> str | None:
+    """Why a dump with this manifest is not the one to restore into the target `expect`, or None.
+    The database must be the target's (or the named source's); the cluster only when no source is named."""
+    wanted = source_database or expect.get("database")
+    if manifest.get("database") != wanted:
+        return (f"it is a backup of {describe(manifest.get('database'), manifest.get('system_identifier'))}, "
+                f"the target is {describe(expect.get('database'), expect.get('system_identifier'))}"
+                + (f" and the source named is '{source_database}'" if source_database else ""))
+    ours, theirs = expect.get("system_identifier"), manifest.get("system_identifier")
+    if not source_database and ours and theirs and str(ours) != str(theirs):
+        return (f"it is a backup of {describe(manifest.get('database'), theirs)}, another cluster than the "
+                f"target, {describe(expect.get('database'), ours)}")
+    return None
+
+
+def identity_checked(manifest: dict[str, Any], expect: dict[str, Any], source_database: str) -> tuple[list[str], str]:
+    """What the identity check compared, and why the system identifiers were not (empty when they were)."""
+    if source_database:
+        return ["database"], f"source database '{source_database}' named: system identifiers not compared"
+    missing = [side for side, value in (("the manifest", manifest.get("system_identifier")),
+                                        ("the target", expect.get("system_identifier"))) if not value]
+    if missing:
+        return ["database"], (f"no system identifier in {' or '.join(missing)}: only the database name was "
+                              "compared")
+    return ["database", "system_identifier"], ""
+
+
+def read_manifest(dump: Path) -> dict[str, Any]:
+    """The manifest next to `dump`; OSError or ValueError when it is missing or not a JSON object."""
+    data = json.loads(Path(f"{dump}.manifest.json").read_text(encoding="utf-8"))
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    return data
+
+
+def choose(directory: Path, pattern: str, expect: dict[str, Any], source_database: str,
+           ) -> tuple[Path, dict[str, Any], list[dict[str, str]]]:
+    """The newest dump (names sort by time) in `directory` matching `pattern` whose manifest shows the
+    expected identity, its manifest, and the newer candidates passed over with the reason."""
+    regex = re.compile(pattern)
+    names = sorted((n for n in os.listdir(directory) if regex.search(n)), reverse=True) if directory.is_dir() else []
+    skipped: list[dict[str, str]] = []
+    for name in names:
+        try:
+            manifest = read_manifest(directory / name)
+        except (OSError, ValueError) as exc:
+            skipped.append({"file": name, "reason": f"no readable manifest ({exc.__class__.__name__})"})
+            continue
+        reason = identity_mismatch(manifest, expect, source_database)
+        if reason is None:
+            return directory / name, manifest, skipped
+        skipped.append({"file": name, "reason": reason})
+    passed = "; ".join(f"{s['file']}: {s['reason']}" for s in skipped) or "no file name matches"
+    wanted = (f"database '{source_database}'" if source_database
+              else describe(expect.get("database"), expect.get("system_identifier")))
+    raise Refused(f"No backup of {wanted} in {directory} ({passed}). Nothing was changed. Pass the dump with "
+                  "-e capital_rollback_backup_file=PATH, or use the reverse migration (capital_rollback_mode=reverse).")
+
+
+def verify(path: Path, manifest: dict[str, Any], expect: dict[str, Any], source_database: str) -> str:
+    """Refuse `path` unless its manifest shows the expected identity and its sha256 matches; the sha256."""
+    reason = identity_mismatch(manifest, expect, source_database)
+    if reason is not None:
+        source = manifest.get("database")
+        raise Refused(f"Refusing to restore {path}: {reason}. Nothing was changed. To restore a backup of "
+                      f"another database into this one on purpose (disaster recovery onto a new host), name its "
+                      f"source: -e capital_rollback_restore_from_database={source}.")
+    fmt = manifest.get("format", "custom")
+    if fmt not in ("custom", "directory"):
+        raise Refused(f"Refusing to restore {path}: its manifest names an unknown format {fmt!r}. Nothing was changed.")
+    actual = "(missing file)"
+    if path.is_dir() if fmt == "directory" else path.is_file():
+        actual = dump_digest(path, fmt)[0]
+    elif path.exists():
+        actual = f"(not a {fmt}-format dump)"
+    if actual != manifest.get("sha256"):
+        raise Refused(f"Refusing to restore {path}: its sha256 is {actual} but its manifest records "
+                      f"{manifest.get('sha256')}. The dump is damaged or was replaced. Nothing was changed; restore "
+                      "another verified backup or use the reverse migration.")
+    return actual
+
+
+def verify_mode(module: AnsibleModule) -> None:
+    """mode=verify: choose (or take) a dump, check its identity and its sha256; changes nothing."""
+    p = module.params
+    expect, source = p["expect"], p["source_database"] or ""
+    try:
+        skipped: list[dict[str, str]] = []
+        if p["path"]:
+            path = Path(p["path"])
+            try:
+                manifest = read_manifest(path)
+            except (OSError, ValueError) as exc:
+                raise Refused(f"Refusing to restore {path}: its manifest {path}.manifest.json cannot be read "
+                              f"({exc}). Nothing was changed; restore a verified backup.") from exc
+        else:
+            if not p["directory"]:
+                module.fail_json(msg="mode=verify needs path or directory")
+            path, manifest, skipped = choose(Path(p["directory"]), p["list_pattern"], expect, source)
+        sha256 = verify(path, manifest, expect, source)
+    except Refused as exc:
+        module.fail_json(msg=str(exc), refused=True)
+    checked, note = identity_checked(manifest, expect, source)
+    module.exit_json(changed=False, path=str(path), manifest_path=f"{path}.manifest.json", manifest=manifest,
+                     sha256=sha256, identity_checked=checked, identity_note=note, skipped=skipped)
+
+
+def seal_mode(module: AnsibleModule) -> None:
+    """mode=seal: verify, checksum, move into place and describe a dump pg_dump has just written."""
     p = module.params
     partial, path, fmt = Path(p["partial"]), Path(p["path"]), p["format"]
     manifest_path = Path(f"{path}.manifest.json")
@@ -297,6 +463,28 @@ def main() -> None:
         row_counts=row_counts,
         siblings=siblings,
     )
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec={
+            "mode": {"type": "str", "default": "seal", "choices": ["seal", "verify"]},
+            "partial": {"type": "path"},
+            "path": {"type": "path"},
+            "format": {"type": "str", "choices": ["custom", "directory"]},
+            "manifest": {"type": "dict"},
+            "directory": {"type": "path"},
+            "expect": {"type": "dict"},
+            "source_database": {"type": "str", "default": ""},
+            "pg_restore": {"type": "str", "default": "pg_restore"},
+            "pg_dump": {"type": "str", "default": "pg_dump"},
+            "list_pattern": {"type": "str", "default": "^$"},
+            "row_counts_of": {"type": "list", "elements": "str", "default": []},
+        },
+        required_if=[("mode", "seal", ("partial", "path", "format", "manifest")), ("mode", "verify", ("expect",))],
+        supports_check_mode=False,
+    )
+    (verify_mode if module.params["mode"] == "verify" else seal_mode)(module)
 
 
 if __name__ == "__main__":
