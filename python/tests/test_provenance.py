@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from ansible_collections.prestamos.capital.plugins.module_utils import provenance
-from ansible_collections.prestamos.capital.plugins.module_utils.migration import MigrationError
+from ansible_collections.prestamos.capital.plugins.module_utils.migration import Interrupted, MigrationError
 from capital_migrate import inventory as inventory_builder
 from capital_migrate.exitcodes import ExitCode
 from cli_support import base_env, run_cli
@@ -300,3 +300,24 @@ def test_rollback_yml_on_the_orm_database_with_capital_columns_exits_non_zero_an
     assert database_checksums(pg_db) == before
     assert query(pg_db, 'SELECT count(*) FROM information_schema.columns'
                         " WHERE table_name = 'Junta' AND column_name = 'base_capital'") == [(1,)]
+
+
+def test_restoring_a_backup_of_a_partly_migrated_database_removes_what_its_record_holds(
+    pg_db: Any, tmp_path: Path
+) -> None:
+    """A backup taken while the migration was partial holds the record too; pg_restore brings its objects back
+    under new OIDs, and the restore still removes exactly them."""
+    seed_db(pg_db, juntas=2)
+    shape = fingerprint(pg_db)
+    with pytest.raises(Interrupted):
+        migrate(pg_db, stop_after_file="14_triggers.sql")
+    env = playbook_env(pg_db.env)
+    dirs = {"capital_backup_dir": str(tmp_path / "b"), "capital_report_dir": str(tmp_path / "r")}
+    assert run_playbook("playbooks/backup.yml", env, dirs).rc == 0
+    migrate(pg_db)  # then it was finished, and the operator wants the backup back
+
+    restored = run_playbook("playbooks/rollback.yml", env, {**dirs, "capital_rollback_mode": "restore"})
+
+    assert restored.rc == 0, restored.output[-3000:]
+    assert leftovers_now(pg_db) == []
+    assert fingerprint(pg_db) == shape

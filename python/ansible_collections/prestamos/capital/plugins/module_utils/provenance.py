@@ -302,8 +302,13 @@ class Survey:
         }
 
 
-def survey(cursor: Any, inventory: Mapping[Key, str]) -> Survey:
-    """Classify every inventory object; read-only (the caller owns the transaction)."""
+def survey(cursor: Any, inventory: Mapping[Key, str], restored: bool = False) -> Survey:
+    """Classify every inventory object; read-only (the caller owns the transaction).
+
+    ``restored``: the record itself was just restored from a verified backup with every object it names
+    (pg_restore gives them new OIDs), so a recorded object whose OID differs but whose definition is the
+    recorded one is still ours.
+    """
     found = catalog(cursor)
     record = read_record(cursor)
     s = Survey(record_exists=record_exists(cursor), found=found, record=record)
@@ -324,7 +329,9 @@ def survey(cursor: Any, inventory: Mapping[Key, str]) -> Survey:
                 s.drift.append(Problem(key, f"exists, {why} its definition differs from what the SQL files "
                                             f"create (sha256 {now.sha256[:12]}, expected {expected[:12]})"))
             continue
-        if (rec.classid, rec.objid, rec.objsubid) != (now.classid, now.objid, now.objsubid):
+        if restored and rec.sha256 == now.sha256:
+            s.owned.append(key)
+        elif (rec.classid, rec.objid, rec.objsubid) != (now.classid, now.objid, now.objsubid):
             s.drift.append(Problem(key, f"exists, but is not the object the record holds (OID {now.objid}, "
                                         f"recorded {rec.objid}): it was dropped and made again outside "
                                         "this tool"))

@@ -128,6 +128,7 @@ class Reverter(UnitRunner):
     force_changed: bool = False  # drop changed objects, and what depends on them (CASCADE)
     export_dir: str | None = None
     export_prefix: str = "rollback"
+    restored: bool = False  # the record came back with a restored backup: OIDs differ (provenance.survey)
 
     def __post_init__(self) -> None:
         try:
@@ -160,7 +161,7 @@ class Reverter(UnitRunner):
         try:
             self.cur.execute("SELECT current_schema()")
             schema = self.cur.fetchone()[0]
-            found = provenance.survey(self.cur, self.inventory)
+            found = provenance.survey(self.cur, self.inventory, restored=self.restored)
             owned = found.owned + found.adoptable + found.claimable + [p.key for p in found.changed]
             objects = {k: found.found[k] for k in owned}
             tables = sorted(k.name for k in objects if k.kind == "table")

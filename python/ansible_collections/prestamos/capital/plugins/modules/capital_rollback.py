@@ -54,6 +54,12 @@ options:
     description: Middle of the export's file name, C(rollback-export-<prefix>-<UTC time>.sql).
     type: str
     default: rollback
+  restored:
+    description:
+      - The database was just restored from a verified backup of itself, the record with it; recorded objects
+        are then recognised by their recorded definition, as pg_restore gave them new OIDs.
+    type: bool
+    default: false
   run_id:
     description: Names this run in the record (random when empty).
     type: str
@@ -156,6 +162,7 @@ def argument_spec() -> dict[str, Any]:
         "export_dir": {"type": "path"},
         "export_prefix": {"type": "str", "default": "rollback"},
         "run_id": {"type": "str", "default": ""},
+        "restored": {"type": "bool", "default": False},
         "inspect_only": {"type": "bool", "default": False},
         "lock_timeout": {"type": "str", "default": "2s"},
         "lock_retries": {"type": "int", "default": 5},
@@ -178,7 +185,8 @@ def main() -> None:
         module,
         "capital_rollback",
         lambda conn: Reverter(conn, p["inventory"], options, force=p["force"], force_changed=p["force_changed"],
-                              export_dir=p["export_dir"], export_prefix=p["export_prefix"]),
+                              export_dir=p["export_dir"], export_prefix=p["export_prefix"],
+                              restored=p["restored"]),
         lambda reverter: reverter.run(check_mode=module.check_mode, inspect_only=p["inspect_only"]),
         error_details,
     )
