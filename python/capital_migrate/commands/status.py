@@ -1,7 +1,8 @@
 """`capital-migrate status`: is the migration applied, partly applied, not applied or drifted; last run.
 
 Read-only. The state rules are the collection's (module_utils/migration.py, the same code the migrate
-module uses), so the CLI and the playbooks can never disagree about what "drifted" means.
+module uses), so the CLI and the playbooks can never disagree about what "drifted" means, or about a
+database that is not the guide's at all (foreign_schema: the application's ORM-shaped database).
 """
 
 from __future__ import annotations
@@ -18,11 +19,17 @@ from capital_migrate.commands._common import Context, build_context, default_rep
 from capital_migrate.errors import OperatorError
 from capital_migrate.exitcodes import DESCRIPTIONS, ExitCode
 
-STATE_CODES = {"drifted": ExitCode.DRIFT}
+# foreign_schema: the migration (and preflight) refuse this database, so status says so with the same code.
+STATE_CODES = {"drifted": ExitCode.DRIFT, "foreign_schema": ExitCode.PREFLIGHT_REFUSED}
 
 
 def _migration_utils(root: Path) -> ModuleType:
-    """Load module_utils/migration.py by path (it has no Ansible imports at module level)."""
+    """Load module_utils/migration.py by path (it has no Ansible imports at module level).
+
+    It imports its sibling module_utils (schema_check, ...) by their collection path, as Ansible ships them
+    with a module: the checkout's python/ directory goes on sys.path so ``ansible_collections.prestamos``
+    resolves to this checkout's collection.
+    """
     path = root / "python" / "ansible_collections" / "prestamos" / "capital" / "plugins" / "module_utils"
     path = path / "migration.py"
     name = "capital_migrate._migration_utils"
@@ -32,6 +39,9 @@ def _migration_utils(root: Path) -> ModuleType:
     if spec is None or spec.loader is None or not path.is_file():
         raise OperatorError(f"{path} is missing from this checkout; status cannot judge the migration state",
                             ExitCode.FAILURE)
+    collections_root = str(root / "python")
+    if collections_root not in sys.path:
+        sys.path.append(collections_root)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     spec.loader.exec_module(module)
@@ -45,7 +55,10 @@ def _expected_sha(utils: ModuleType, root: Path) -> str:
     except (OSError, utils.MigrationError) as exc:
         raise OperatorError(f"cannot read the migration SQL in {root / 'files' / 'sql'}: {exc}",
                             ExitCode.FAILURE) from None
-    return str(utils.sql_checksum(texts.values()))
+    # The main script and the pieces its \ir lines name, in order: load_sql_dir() may also return files that
+    # are not SQL (the list of objects the migration creates), which the checksum does not cover.
+    main = texts[utils.MAIN_SCRIPT]
+    return str(utils.sql_checksum([main, *(texts[name] for name in utils.parse_order(main))]))
 
 
 def _last_history(cur: Any) -> dict[str, Any] | None:
@@ -74,6 +87,7 @@ NEXT_STEPS = {
                "done is committed and resumable: rerun migrate.yml to resume, or run rollback.yml to undo",
     "applied": "applied with these SQL files: rerun migrate.yml to verify again, rollback.yml to undo",
     "drifted": "the applied migration differs from these SQL files: find out who changed what first",
+    # foreign_schema: the detector's own next step (module_utils/schema_check.py), read with the state.
 }
 
 
@@ -92,11 +106,14 @@ def read_status(ctx: Context) -> dict[str, Any]:
         conn.set_session(readonly=True, autocommit=False)
         with conn.cursor() as cur:
             state = utils.migration_state(cur, expected)
+            finding = _foreign_schema(cur) if state == "foreign_schema" else None
             history = _last_history(cur)
         conn.rollback()
     finally:
         conn.close()
     state_name = state if isinstance(state, str) else (state.get("state") if isinstance(state, dict) else str(state))
+    if finding is not None:
+        state = finding
     latest = report_mod.latest(default_report_dir(ctx))
     last_report = None
     if latest is not None:
@@ -113,12 +130,19 @@ def read_status(ctx: Context) -> dict[str, Any]:
         "last_history": history,
         "last_report": last_report,
         "database": ctx.target.describe(),
-        "next_step": NEXT_STEPS.get(state_name, ""),
+        "next_step": str(finding["next_step"]) if finding is not None else NEXT_STEPS.get(state_name, ""),
     }
 
 
+def _foreign_schema(cur: Any) -> dict[str, Any] | None:
+    """The detector's finding (found, expected, message, next_step), through the module migration.py uses."""
+    from ansible_collections.prestamos.capital.plugins.module_utils.schema_check import foreign_schema
+
+    return foreign_schema(cur)
+
+
 def run_status(args: argparse.Namespace) -> int:
-    """Print the state; exit 6 when drifted, 0 otherwise."""
+    """Print the state; exit 6 when drifted, 3 on a database that is not the guide's, 0 otherwise."""
     ctx = build_context(args)
     status = read_status(ctx)
     code = STATE_CODES.get(str(status["state"]), ExitCode.SUCCESS)
@@ -128,6 +152,8 @@ def run_status(args: argparse.Namespace) -> int:
         return int(code)
     ctx.say(f"capital-migrate status  env={ctx.env_name}  database={status['database']}")
     ctx.say(f"  migration state: {str(status['state']).upper()}")
+    if status["detail"].get("message"):
+        ctx.say(f"  {status['detail']['message']}")
     history = status["last_history"]
     if history:
         ctx.say(f"  last history row: {history['outcome']} version {history['version']} at "
