@@ -4,6 +4,8 @@ The operator gives a URL by prompt (`--database-url`), by naming an environment 
 (`--database-url-env VAR`), through `DATABASE_URL`, or leaves it to the libpq environment (PG*). The
 non-secret parts become PGHOST/PGPORT/... for the playbook; the password goes into a 0600 pgpass file
 named by PGPASSFILE, never into ansible-runner's envvars (which it writes to disk) nor onto a command line.
+The URL is read by the roles' own parser (module_utils/dburl.py), and the inventory's `capital_db_*` win over
+it as in the playbooks (`inventory_variables`, `DbTarget.under`), so the CLI names the database they act on.
 """
 
 from __future__ import annotations
@@ -15,63 +17,69 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
 
 from capital_migrate.errors import OperatorError
+
+# The project's collection sits beside this package (python/ansible_collections/prestamos/capital); its
+# module_utils hold the one URL parser and pgpass writer and the input rules, shared with the roles. Put
+# python/ on the path (last, shadowing nothing) so the installed CLI imports them as Ansible does.
+_COLLECTIONS_PARENT = str(Path(__file__).resolve().parents[1])
+if _COLLECTIONS_PARENT not in sys.path:
+    sys.path.append(_COLLECTIONS_PARENT)
+
+from ansible_collections.prestamos.capital.plugins.module_utils import dburl  # noqa: E402 - needs the path above
+from ansible_collections.prestamos.capital.plugins.module_utils.inputs import (  # noqa: E402 - same
+    report_dir_problem as report_dir_problem,
+)
 
 # Variables that carry a secret; removed from the environment ansible-playbook inherits.
 SECRET_ENV = ("PGPASSWORD", "DATABASE_URL")
 LIBPQ_KEYS = {"host": "PGHOST", "port": "PGPORT", "user": "PGUSER", "dbname": "PGDATABASE", "sslmode": "PGSSLMODE"}
+# The inventory's connection variables (docs/design.md, Connection): they win over DATABASE_URL and PG*.
+DB_VARIABLES = ("capital_db_host", "capital_db_port", "capital_db_user", "capital_db_password", "capital_db_name",
+                "capital_db_sslmode")
 
 
 @dataclass(frozen=True)
-class DbTarget:
-    """One database to work on; `password` never appears in repr or in `libpq_env()`."""
+class DbTarget(dburl.ConnParts):
+    """One database to work on (the parts of module_utils/dburl.py); `password` never in repr or `libpq_env()`."""
 
-    host: str | None = None
-    port: int | None = None
-    user: str | None = None
-    dbname: str | None = None
-    sslmode: str | None = None
-    password: str | None = field(default=None, repr=False)
+    @classmethod
+    def from_parts(cls, parts: dburl.ConnParts) -> DbTarget:
+        return cls(**{f.name: getattr(parts, f.name) for f in fields(parts)})
+
+    def parts(self) -> dburl.ConnParts:
+        return dburl.ConnParts(**{f.name: getattr(self, f.name) for f in fields(self)})
 
     @classmethod
     def from_url(cls, url: str) -> DbTarget:
-        """Parse a libpq URL (postgres[ql]://user:pass@host:port/db?sslmode=...&host=/socket/dir)."""
+        """Parse a libpq URL with the collection's one parser (module_utils/dburl.py, libpq's rules)."""
         try:
-            parts = urlsplit(url.strip())
-            port = parts.port
-        except ValueError as exc:
-            raise OperatorError(f"the database URL is not valid ({exc}); expected "
-                                "postgresql://user@host:5432/dbname") from None
-        if parts.scheme not in ("postgres", "postgresql"):
-            raise OperatorError("the database URL must start with postgresql:// (or postgres://); "
-                                f"got scheme {parts.scheme or 'none'!r}")
-        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-        return cls(
-            host=query.get("host") or (unquote(parts.hostname) if parts.hostname else None),
-            port=port or (int(query["port"]) if query.get("port", "").isdigit() else None),
-            user=query.get("user") or (unquote(parts.username) if parts.username else None),
-            dbname=query.get("dbname") or (unquote(parts.path.lstrip("/")) or None),
-            sslmode=query.get("sslmode"),
-            password=query.get("password") or (unquote(parts.password) if parts.password else None),
-        )
+            return cls.from_parts(dburl.parse_database_url(url))
+        except dburl.DatabaseUrlError as exc:  # names the faulty part, never a value after the user name
+            raise OperatorError(f"{exc}; expected postgresql://user:password@host:5432/dbname") from None
 
     @classmethod
     def from_libpq_env(cls, environ: Mapping[str, str]) -> DbTarget:
         """The connection the libpq environment describes (PGHOST, PGPORT, ..., PGPASSWORD)."""
-        port = environ.get("PGPORT", "")
-        return cls(
-            host=environ.get("PGHOST") or None,
-            port=int(port) if port.isdigit() else None,
-            user=environ.get("PGUSER") or None,
-            dbname=environ.get("PGDATABASE") or None,
-            sslmode=environ.get("PGSSLMODE") or None,
-            password=environ.get("PGPASSWORD") or None,
-        )
+        try:
+            return cls.from_parts(dburl.parts_from_libpq_env(environ))
+        except dburl.DatabaseUrlError as exc:
+            raise OperatorError(str(exc)) from None
+
+    def filled_from(self, environ: Mapping[str, str]) -> DbTarget:
+        """Parts the URL leaves out taken from the libpq environment, as the connection role does."""
+        return DbTarget.from_parts(dburl.first_of(self.parts(), DbTarget.from_libpq_env(environ).parts()))
+
+    def under(self, variables: Mapping[str, Any]) -> DbTarget:
+        """This target with the `capital_db_*` variables on top, as the connection role resolves it."""
+        try:
+            return DbTarget.from_parts(dburl.first_of(dburl.parts_from_variables(variables), self.parts()))
+        except dburl.DatabaseUrlError as exc:
+            raise OperatorError(f"{exc} (inventory or -e)") from None
 
     @property
     def is_empty(self) -> bool:
@@ -107,20 +115,16 @@ def resolve_target(prompt: bool, url_env: str | None, environ: Mapping[str, str]
         url = getpass.getpass("Database URL (not echoed): ")
         if not url.strip():
             raise OperatorError("no database URL entered")
-        return DbTarget.from_url(url)
+        return DbTarget.from_url(url).filled_from(env)
     if url_env:
         url = env.get(url_env, "")
         if not url:
             raise OperatorError(f"--database-url-env {url_env}: the environment variable {url_env} is not set "
                                 "or empty; export it (without echoing it) or use --database-url to be prompted")
-        return DbTarget.from_url(url)
+        return DbTarget.from_url(url).filled_from(env)
     if env.get("DATABASE_URL"):
-        return DbTarget.from_url(env["DATABASE_URL"])
+        return DbTarget.from_url(env["DATABASE_URL"]).filled_from(env)
     return DbTarget.from_libpq_env(env)
-
-
-def _pgpass_escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace(":", "\\:")
 
 
 @contextlib.contextmanager
@@ -137,9 +141,13 @@ def pgpass_file(target: DbTarget) -> Iterator[Path | None]:
     holder = Path(tempfile.mkdtemp(prefix="capital-pgpass-"))
     try:
         path = holder / "pgpass"
+        try:  # the one pgpass writer (module_utils/dburl.py), shared with the capital_pgpass module
+            line = dburl.pgpass_line(target.password)
+        except ValueError as exc:
+            raise OperatorError(str(exc)) from None
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(f"*:*:*:*:{_pgpass_escape(target.password)}\n")
+            handle.write(line)
         yield path
     finally:
         shutil.rmtree(holder, ignore_errors=True)
@@ -154,3 +162,37 @@ def environ_without(names: tuple[str, ...]) -> Iterator[None]:
     finally:
         os.environ.update(saved)
 
+
+
+def inventory_variables(inventory: Path, names: tuple[str, ...] = DB_VARIABLES,
+                        vault_password_file: Path | None = None, pattern: str = "all") -> dict[str, Any]:
+    """`names` as the playbooks see them on the first host of `pattern`: inventory, group_vars and vault, templated.
+
+    Read with Ansible's own InventoryManager and VariableManager, in process and without contacting any
+    host, so the CLI's idea of the target (status, the production confirmation, the backfill poller) is the
+    one the playbooks then act on. Raises OperatorError when the inventory cannot be read (a vault without
+    its password: pass --vault-password-file, which the playbooks need as well).
+    """
+    from ansible.errors import AnsibleError
+    from ansible.inventory.manager import InventoryManager
+    from ansible.parsing.dataloader import DataLoader
+    from ansible.template import Templar
+    from ansible.vars.manager import VariableManager
+
+    loader = DataLoader()
+    try:
+        if vault_password_file is not None:
+            from ansible.parsing.vault import get_file_vault_secret
+
+            secret = get_file_vault_secret(filename=str(vault_password_file), loader=loader)
+            secret.load()
+            loader.set_vault_secrets([("default", secret)])
+        manager = InventoryManager(loader=loader, sources=[str(inventory)])
+        hosts = manager.get_hosts(pattern)
+        variables = VariableManager(loader=loader, inventory=manager).get_vars(host=hosts[0] if hosts else None)
+        templar = Templar(loader=loader, variables=variables)
+        return {name: templar.template(variables[name]) for name in names if name in variables}
+    except AnsibleError as exc:
+        # Ansible's message may quote the file's text; name only the inventory and the kind of problem.
+        kind = "its vault needs --vault-password-file" if "vault" in str(exc).lower() else type(exc).__name__
+        raise OperatorError(f"cannot read the connection variables of inventory {inventory} ({kind})") from None

@@ -13,7 +13,13 @@ from typing import Any, TextIO
 import yaml
 
 from capital_migrate import report as report_mod
-from capital_migrate.connection import DbTarget, resolve_target
+from capital_migrate.connection import (
+    DB_VARIABLES,
+    DbTarget,
+    inventory_variables,
+    report_dir_problem,
+    resolve_target,
+)
 from capital_migrate.errors import OperatorError
 from capital_migrate.exitcodes import DESCRIPTIONS, OUTCOME_CODES, ExitCode
 from capital_migrate.runner import ConsoleView, LiveView, QuietView, RunRequest, RunResult, repo_root, run_playbook
@@ -124,6 +130,8 @@ def build_context(args: argparse.Namespace, need_db: bool = True) -> Context:
         extravars["capital_report_dir"] = str(report_dir)
     target = (resolve_target(bool(getattr(args, "database_url", False)), getattr(args, "database_url_env", None))
               if need_db else DbTarget())
+    if need_db:
+        target = target.under(playbook_db_variables(inventory, extravars, getattr(args, "vault_password_file", None)))
     quiet = bool(getattr(args, "quiet", False))
     view: LiveView = QuietView() if quiet else ConsoleView()
     ctx = Context(args=args, root=root, inventory=inventory, env_name=env_name, extravars=extravars,
@@ -132,6 +140,19 @@ def build_context(args: argparse.Namespace, need_db: bool = True) -> Context:
     if isinstance(env_from_inventory, str) and env_from_inventory:
         ctx.env_name = env_from_inventory
     return ctx
+
+
+def playbook_db_variables(inventory: Path, extravars: dict[str, Any],
+                          vault_password_file: str | None) -> dict[str, Any]:
+    """The capital_db_* values the playbooks will use: -e over the inventory's (group_vars, vault).
+
+    They win over DATABASE_URL and PG* in the connection role, so the CLI's target (status, the production
+    confirmation, the backfill poller) puts them first too: `DbTarget.under(playbook_db_variables(...))`.
+    """
+    pattern = str(extravars.get("capital_target_hosts") or "all")
+    found = inventory_variables(inventory, DB_VARIABLES, Path(vault_password_file) if vault_password_file else None,
+                                pattern)
+    return {**found, **{k: v for k, v in extravars.items() if k in DB_VARIABLES}}
 
 
 def default_report_dir(ctx: Context) -> Path:
@@ -181,12 +202,16 @@ def playbook_path(ctx: Context, name: str) -> str:
 
 def run_stage(ctx: Context, playbook: str, extravars: dict[str, Any] | None = None, check: bool = False) -> RunResult:
     """Run one playbook with the context's inventory, connection and variables (``check``: --check)."""
+    report_dir = ctx.report_dir or default_report_dir(ctx)
+    problem = report_dir_problem(str(report_dir))
+    if problem is not None:  # refused before the run: a run without its report must not happen (issue 17)
+        raise OperatorError(f"{problem}; choose another with --report-dir DIR (nothing was run)")
     request = RunRequest(
         playbook=playbook,
         inventory=ctx.inventory,
         extravars={**ctx.extravars, **(extravars or {})},
         target=ctx.target,
-        report_dir=ctx.report_dir or default_report_dir(ctx),
+        report_dir=report_dir,
         keep_artifacts=bool(getattr(ctx.args, "keep_artifacts", False)),
         vault_password_file=Path(ctx.args.vault_password_file) if getattr(ctx.args, "vault_password_file", None)
         else None,
@@ -201,6 +226,8 @@ def exit_code_for(command: str, result: RunResult) -> ExitCode:
     data = result.capital_report
     run = _dict(data.get("run"))
     outcome = run.get("outcome")
+    if run.get("bad_input") and result.rc != 0:  # roles/connection/tasks/validate.yml refused the inputs
+        return ExitCode.BAD_ARGUMENTS
     preflight = _dict(data.get("preflight"))
     failed_checks = _list(preflight.get("failed"))
     if outcome in (None, "preflight_refused", "failed") and result.rc != 0:

@@ -53,6 +53,100 @@ def _roles_in_plain_dump(path: Path) -> set[str]:
     return roles
 
 
+# The psql meta-commands pg_dump writes into a plain dump; anything else (\\! runs a shell, \\o |cmd and
+# \\g |cmd pipe to one, \\i reads other files, \\setenv, \\copy ...) is refused before psql sees the file.
+_ALLOWED_META = (
+    re.compile(r"\\(?:un)?restrict\s+[A-Za-z0-9]+\s*"),
+    # \connect to a database of this throwaway cluster only: no host, port or other connection keyword.
+    re.compile(r"""\\c(?:onnect)?(?:\s+-reuse-previous=on)?\s+(?:"dbname='(?:[^'\\]|\\.)*'"|[A-Za-z_][\w$]*)\s*"""),
+)
+_COPY_FROM_STDIN = re.compile(r"\s*COPY\s.*\sFROM\s+stdin\s*;\s*", re.IGNORECASE | re.DOTALL)
+_IDENT_CHAR = re.compile(r"[A-Za-z0-9_$\x80-\U0010ffff]")
+_DOLLAR_TAG = re.compile(r"\$(?:[A-Za-z_\x80-\U0010ffff][A-Za-z0-9_\x80-\U0010ffff]*)?\$")
+
+
+def plain_dump_meta_commands(text: str) -> list[tuple[int, str]]:
+    """(line number, command) of every psql meta-command in a plain SQL dump that pg_dump does not write.
+
+    Follows psql's lexer where it matters: a backslash outside quotes, comments and COPY data starts a
+    meta-command, wherever it is on the line. Strings, identifiers, dollar quotes and nested comments are
+    skipped; a `COPY ... FROM stdin;` alone on its line starts data up to the `\\.` line. Where this reader
+    and psql could disagree, it errs towards reporting a command (the dump is refused, nothing runs).
+    """
+    found: list[tuple[int, str]] = []
+    lines = text.split("\n")
+    state = ""  # "", "'", "e'", '"', "/*", or the open dollar-quote tag
+    depth = 0  # of nested /* comments */
+    pending = False  # part of a statement seen, its ';' not yet
+    index = 0
+    while index < len(lines):
+        line = lines[index]
+        index += 1
+        starts_statement = state == "" and not pending
+        i = 0
+        while i < len(line):
+            ch = line[i]
+            step = 1
+            if state in ("'", "e'"):
+                if state == "e'" and ch == "\\":
+                    step = 2
+                elif ch == "'" and line[i + 1:i + 2] == "'":
+                    step = 2
+                elif ch == "'":
+                    state = ""
+            elif state == '"':
+                state = "" if ch == '"' else state
+            elif state == "/*":
+                if line.startswith("/*", i) or line.startswith("*/", i):
+                    depth += 1 if line[i] == "/" else -1
+                    state, step = ("" if depth == 0 else "/*"), 2
+            elif state:  # inside $tag$ ... $tag$
+                if line.startswith(state, i):
+                    state, step = "", len(state)
+            elif line.startswith("--", i):
+                break
+            elif line.startswith("/*", i):
+                state, depth, step = "/*", 1, 2
+            elif ch == "\\":
+                command = line[i:].rstrip()
+                if not (i == 0 and not pending and any(p.fullmatch(command) for p in _ALLOWED_META)):
+                    found.append((index, command.split()[0]))
+                break  # a meta-command takes the rest of the line
+            elif ch == "'":
+                prefix = line[max(i - 2, 0):i]
+                escaped = prefix[-1:] in ("e", "E") and not _IDENT_CHAR.fullmatch(prefix[:-1] or " ")
+                state = "e'" if escaped else "'"
+            elif ch == '"':
+                state = '"'
+            elif ch == "$" and not (i > 0 and _IDENT_CHAR.fullmatch(line[i - 1])):
+                tag = _DOLLAR_TAG.match(line, i)
+                if tag:
+                    state, step = tag.group(0), len(tag.group(0))
+            elif ch == ";":
+                pending = False
+                if starts_statement and not line[i + 1:].strip() and _COPY_FROM_STDIN.fullmatch(line):
+                    while index < len(lines) and lines[index] != "\\.":
+                        index += 1  # COPY data: psql sends it to the server as it is
+                    index += 1
+                    break
+            elif not ch.isspace():
+                pending = True
+            i += step
+    return found
+
+
+def refuse_meta_commands(path: Path) -> None:
+    """Refuse a plain dump psql would run anything but SQL from (raises OperatorError, exit 2)."""
+    if _dump_kind(path) != "plain":
+        return
+    refused = plain_dump_meta_commands(path.read_text(encoding="utf-8", errors="replace"))
+    if refused:
+        where = ", ".join(f"line {n}: {c}" for n, c in refused[:5])
+        raise OperatorError(f"--from-dump {path}: refused, the plain dump holds psql meta-commands pg_dump does "
+                            f"not write ({where}); psql would run them as you (\\! runs a shell). Use a "
+                            "pg_dump -Fc dump, or remove them")
+
+
 def _run_tool(argv: list[str], env: dict[str, str], what: str) -> None:
     done = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
@@ -66,6 +160,7 @@ def restore_dump(cluster: Any, path: Path, env: dict[str, str]) -> str:
 
     kind = _dump_kind(path)
     if kind == "plain":
+        refuse_meta_commands(path)
         with cluster.connect("postgres") as conn:
             conn.autocommit = True
             with conn.cursor() as cur:
@@ -107,6 +202,8 @@ def run_rehearse(args: argparse.Namespace) -> int:
     """Start a cluster, load data, run migrate.yml against it, print the summary, tear everything down."""
     if args.from_dump and not Path(args.from_dump).exists():
         raise OperatorError(f"--from-dump {args.from_dump}: no such file")
+    if args.from_dump:
+        refuse_meta_commands(Path(args.from_dump))  # before any cluster starts
     if args.juntas < 1:
         raise OperatorError("--juntas must be at least 1")
     ctx = build_context(args, need_db=False)

@@ -304,7 +304,13 @@ class CallbackModule(CallbackBase):
 
     def _write(self, report: dict[str, Any], merged: dict[str, Any]) -> None:
         directory = self._report_dir(merged)
-        os.makedirs(directory, mode=0o700, exist_ok=True)
+        try:
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+        except OSError as exc:
+            # The playbooks refuse an unwritable report directory before they start
+            # (roles/connection/tasks/validate.yml); this is what is left: say so loudly, naming it.
+            self._display.error(f"capital_report: NO RUN REPORT: cannot create {directory}: {exc.strerror}")
+            raise
         stamp = self._started.strftime("%Y%m%dT%H%M%SZ")
         env = re.sub(r"[^A-Za-z0-9_.-]", "_", report["env"])
         base = os.path.join(directory, f"{stamp}-{env}-{report['run_id']}")

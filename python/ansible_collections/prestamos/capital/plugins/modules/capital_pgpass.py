@@ -11,7 +11,8 @@ description:
   - Creates a new directory (0700, a unique name under I(tmpdir)) holding one file, C(pgpass) (0600), whose
     single line C(*:*:*:*:<password>) matches any host, port, database and user, with backslash and colon
     escaped as libpq requires. Point C(PGPASSFILE) at RV(file) so the password never reaches a command line
-    or an environment variable, and remove RV(path) when done (the connection role does, in a handler).
+    or an environment variable, and remove RV(path) when done (the playbooks do, with the connection
+    role's C(cleanup) tasks).
   - One module call for what C(tempfile) plus C(copy) did in two (three module start-ups, BENCHMARKS.md).
   - The password is a C(no_log) option: Ansible masks it in every result, log and C(-vvv) output.
   - Always reports C(changed=false): a per-run credential file is not a change to the managed system.
@@ -62,11 +63,7 @@ import os
 import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
-
-
-def pgpass_line(password: str) -> str:
-    r"""One pgpass line matching everything; libpq reads '\\' and '\:' as a literal backslash and colon."""
-    return "*:*:*:*:" + password.replace("\\", "\\\\").replace(":", "\\:") + "\n"
+from ansible_collections.prestamos.capital.plugins.module_utils.dburl import pgpass_line
 
 
 def main() -> None:
@@ -79,14 +76,16 @@ def main() -> None:
         supports_check_mode=True,
     )
     p = module.params
-    if "\n" in p["password"] or "\r" in p["password"]:
-        module.fail_json(msg="The database password contains a line break, which a pgpass file cannot hold.")
+    try:  # the one pgpass writer (module_utils/dburl.py), shared with the CLI
+        line = pgpass_line(p["password"])
+    except ValueError as exc:
+        module.fail_json(msg=str(exc))
     directory = tempfile.mkdtemp(prefix=p["prefix"], dir=p["tmpdir"])  # 0700
     path = os.path.join(directory, "pgpass")
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(pgpass_line(p["password"]))
+            fh.write(line)
     except OSError as exc:
         module.fail_json(msg=f"Could not write the password file in {directory}: {exc}", path=directory)
     module.exit_json(changed=False, path=directory, file=path)

@@ -6,20 +6,22 @@ Plain Python (no Ansible imports) so the callback `prestamos.capital.capital_rep
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 from collections.abc import Iterable, Mapping
 from decimal import Decimal, InvalidOperation
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote
 
 REPORT_FORMAT = "capital-report/1"
 REDACTED = "********"
 # Any value under a key like these is a secret, whatever it holds.
 SECRET_KEY_RE = re.compile(r"pass(word|wd)|secret|pgpassword", re.IGNORECASE)
-# postgres://user:secret@host -> postgres://user:********@host, for URLs nobody told us about.
-URL_PASSWORD_RE = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^:/?#@\s]*:)([^@/\s]+)(@)", re.IGNORECASE)
+# postgres://user:secret@host -> postgres://user:********@host, for URLs nobody told us about (a password
+# may hold an unencoded / # ?: libpq reads up to the '@').
+URL_PASSWORD_RE = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^:/?#@\s]*:)([^@\s]+)(@)", re.IGNORECASE)
 STAGE_RE = re.compile(r"^(?:[\w.]+ : )?([a-z][a-z0-9_]*) \| (.+)$", re.DOTALL)
 STAGE_ORDER = ("preflight", "plan", "backup", "migrate", "verify", "rollback")
 
@@ -33,12 +35,23 @@ def stage_of(task_name: str) -> tuple[str, str] | None:
 
 
 def url_password(url: str) -> str | None:
-    """The password inside a libpq URL, if any (percent-decoded, as libpq would use it)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return None
-    return unquote(parts.password) if parts.password else None
+    """The password inside a libpq URL, if any (percent-decoded, as libpq would use it).
+
+    Read with the one URL parser (module_utils/dburl.py); a URL it refuses (an unencoded / or @ in the
+    password) still has its likely password redacted: everything between the user's ':' and the last '@'.
+    """
+    from ansible_collections.prestamos.capital.plugins.module_utils.dburl import (
+        DatabaseUrlError,
+        parse_database_url,
+    )
+
+    with contextlib.suppress(DatabaseUrlError):
+        found = parse_database_url(url).password
+        if found:
+            return found
+    credentials = url.split("://", 1)[-1].rpartition("@")[0]
+    _, colon, password = credentials.partition(":")
+    return unquote(password) if colon and password else None
 
 
 def pgpass_passwords(path: str) -> list[str]:
