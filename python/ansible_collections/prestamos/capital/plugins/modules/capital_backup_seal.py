@@ -191,6 +191,7 @@ skipped:
   elements: dict
 """
 
+import contextlib
 import hashlib
 import json
 import os
@@ -266,6 +267,23 @@ def restrict(path: Path, fmt: str) -> None:
     path.chmod(0o700)
     for p in path.iterdir():
         p.chmod(0o700 if p.is_dir() else 0o600)
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make the renames in ``directory`` durable."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def manifest_database(dump: Path) -> object:
+    """The database a dump's manifest names (None when it has no readable manifest)."""
+    try:
+        return json.loads(Path(f"{dump}.manifest.json").read_text(encoding="utf-8")).get("database")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def write_new(path: Path, text: str) -> None:
@@ -401,7 +419,9 @@ def seal_mode(module: AnsibleModule) -> None:
     if partial.parent != path.parent:
         module.fail_json(msg=f"partial ({partial}) and path ({path}) must be in the same directory")
     if os.path.lexists(path) or os.path.lexists(manifest_path):
-        module.fail_json(msg=f"{path} (or its manifest) already exists: a backup is never overwritten. Rerun.")
+        module.fail_json(msg=f"{path} (or its manifest) already exists: another backup of this database finished "
+                         f"in the same second, and a backup is never overwritten. {partial} was left as it is; "
+                         "rerun in a second.")
     if not partial.exists():
         module.fail_json(msg=f"{partial} does not exist: pg_dump did not finish writing it")
     rc, out, err = module.run_command([p["pg_restore"], "--list", str(partial)])
@@ -433,8 +453,7 @@ def seal_mode(module: AnsibleModule) -> None:
     rc, version, err = module.run_command([p["pg_dump"], "--version"])
     if rc != 0:
         module.fail_json(msg=f"{p['pg_dump']} --version failed (exit {rc}): {err.strip()}")
-    os.rename(partial, path)
-    restrict(path, fmt)
+    restrict(partial, fmt)
 
     manifest: dict[str, Any] = {
         **p["manifest"],
@@ -449,9 +468,29 @@ def seal_mode(module: AnsibleModule) -> None:
         "pg_dump_version": version.strip(),
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    write_new(manifest_path, json.dumps(manifest, indent=4, sort_keys=True, separators=(",", ": ")) + "\n")
+    # The manifest is written (and synced) before the dump takes its complete name, so a complete-named dump
+    # always has its manifest: a full disk, or any other failure here, leaves the dump under its .partial name.
+    manifest_partial = Path(f"{manifest_path}.partial")
+    try:
+        write_new(manifest_partial, json.dumps(manifest, indent=4, sort_keys=True, separators=(",", ": ")) + "\n")
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            manifest_partial.unlink()
+        module.fail_json(
+            msg=f"could not write the manifest of {partial} in {path.parent}: {exc.strerror or exc}. The dump was "
+            "verified but stays under its .partial name (no backup pattern matches it) and no manifest was left: "
+            f"free space in {path.parent} (or fix its permissions), remove the .partial file and rerun.",
+        )
+    os.rename(manifest_partial, manifest_path)
+    os.rename(partial, path)
+    fsync_dir(path.parent)
     pattern = re.compile(p["list_pattern"])
-    siblings = sorted(name for name in os.listdir(path.parent) if pattern.search(name))
+    # Retention may delete only this database's dumps: names are sanitised (préstamos and pr_stamos share
+    # a prefix), so a sibling counts only when its manifest names the same database.
+    siblings = sorted(
+        name for name in os.listdir(path.parent)
+        if pattern.search(name) and manifest_database(path.parent / name) == manifest.get("database")
+    )
     module.exit_json(
         changed=True,
         path=str(path),

@@ -1,0 +1,101 @@
+"""The backup stage with a hostile or unlucky backup directory (issue 17, items 3, 6 and 10): it never changes a
+directory it did not create, a complete-named dump always has its manifest, and retention deletes only this
+database's dumps."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+from capital_migrate.pgtmp import Database
+from playbook_support import ROOT, playbook_env
+from test_backup import backup, dumps, seeded_db  # noqa: F401 - seeded_db is a fixture
+
+
+def test_a_shared_directory_behind_a_symlink_is_refused_and_left_as_it_was(
+    seeded_db: Database, tmp_path: Path  # noqa: F811
+) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    link = tmp_path / "backups"
+    link.symlink_to(shared)
+
+    run = backup(seeded_db, link, tmp_path / "reports")
+
+    assert run.rc != 0
+    assert "is a symbolic link" in run.output and str(link) in run.output
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o1777
+    assert list(shared.iterdir()) == []
+
+
+@pytest.mark.parametrize("mode", [0o775, 0o757, 0o1777])
+def test_a_group_or_world_writable_backup_directory_is_refused_unchanged(
+    seeded_db: Database, tmp_path: Path, mode: int  # noqa: F811
+) -> None:
+    directory = tmp_path / "backups"
+    directory.mkdir()
+    directory.chmod(mode)
+
+    run = backup(seeded_db, directory, tmp_path / "reports")
+
+    assert run.rc != 0
+    assert "writable by its group or by others" in run.output
+    assert stat.S_IMODE(directory.stat().st_mode) == mode
+    assert list(directory.iterdir()) == []
+
+
+def test_a_full_disk_while_writing_the_manifest_leaves_no_complete_named_dump(
+    seeded_db: Database, tmp_path: Path  # noqa: F811
+) -> None:
+    """The seal module itself, on a real tmpfs filled after pg_dump wrote the dump (we are root)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mount = tmp_path / "full"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs", str(mount)], check=True)
+    try:
+        partial = mount / "local-db-20260101T000000Z.dump.1.partial"
+        subprocess.run(["pg_dump", "-Fc", "--no-password", "-f", str(partial)], env=seeded_db.env, check=True)
+        stats = os.statvfs(mount)
+        with (mount / "ballast").open("wb") as fh:  # another process fills the disk
+            os.posix_fallocate(fh.fileno(), 0, stats.f_bavail * stats.f_frsize)
+        done = subprocess.run(
+            [str(ROOT / ".venv" / "bin" / "ansible"), "localhost", "-m", "prestamos.capital.capital_backup_seal",
+             "-a", json.dumps({"partial": str(partial), "path": str(mount / "local-db-20260101T000000Z.dump"),
+                               "format": "custom", "manifest": {"database": "db"}, "row_counts_of": ["Junta"]}),
+             "-e", "ansible_python_interpreter=" + str(ROOT / ".venv" / "bin" / "python")],
+            cwd=ROOT, env=playbook_env(dict(os.environ)), capture_output=True, text=True, check=False,
+        )
+        names = sorted(p.name for p in mount.iterdir())
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+    assert done.returncode != 0, done.stdout
+    assert "could not write the manifest" in done.stdout and "No space left on device" in done.stdout, done.stdout
+    assert names == ["ballast", partial.name]  # the dump stays .partial, and no manifest (partial or not)
+
+
+def test_retention_deletes_only_this_databases_dumps_when_sanitised_names_collide(
+    seeded_db: Database, tmp_path: Path  # noqa: F811
+) -> None:
+    """préstamos and pr_stamos share the sanitised prefix pr_stamos: a dump counts for retention only when its
+    manifest names this database."""
+    backup_dir = tmp_path / "backups"
+    first = backup(seeded_db, backup_dir, tmp_path / "reports")
+    assert first.rc == 0, first.output
+    [ours] = dumps(backup_dir)
+    other = ours.with_name(ours.name.replace("2026", "2025", 1))
+    shutil.copy(ours, other)
+    manifest = json.loads(Path(f"{ours}.manifest.json").read_text())
+    Path(f"{other}.manifest.json").write_text(json.dumps({**manifest, "database": "another database"}))
+
+    run = backup(seeded_db, backup_dir, tmp_path / "reports", capital_backup_keep=1)
+
+    assert run.rc == 0, run.output
+    assert other.exists(), "retention deleted another database's dump"
+    assert not ours.exists()  # our older dump went, as retention should
