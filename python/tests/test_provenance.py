@@ -321,3 +321,23 @@ def test_restoring_a_backup_of_a_partly_migrated_database_removes_what_its_recor
     assert restored.rc == 0, restored.output[-3000:]
     assert leftovers_now(pg_db) == []
     assert fingerprint(pg_db) == shape
+
+
+def test_preflight_names_an_object_that_is_not_provably_the_migrations_and_migrate_changes_nothing(
+    pg_db: Any, tmp_path: Path
+) -> None:
+    seed_db(pg_db, juntas=1)
+    query(pg_db, "CREATE FUNCTION calculate_available_capital(p text) RETURNS numeric LANGUAGE sql"
+                 " AS 'SELECT 42::numeric'")
+    shape = fingerprint(pg_db)
+    dirs = {"capital_backup_dir": str(tmp_path / "b"), "capital_report_dir": str(tmp_path / "r")}
+
+    preflight = run_playbook("playbooks/preflight.yml", playbook_env(pg_db.env), dirs)
+
+    assert preflight.rc != 0
+    check = preflight.checks()["object_provenance"]
+    assert check["status"] == "fail"
+    assert check["value"]["not_provably_ours"][0].startswith("function calculate_available_capital(text)")
+    migrated = run_playbook("playbooks/migrate.yml", playbook_env(pg_db.env), dirs)
+    assert migrated.rc != 0 and "calculate_available_capital(text)" in migrated.output
+    assert fingerprint(pg_db) == shape and not (tmp_path / "b").exists()
