@@ -12,9 +12,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from capital_migrate.pgtmp import Database
-from playbook_support import ROOT, playbook_env
-from test_backup import backup, dumps, seeded_db  # noqa: F401 - seeded_db is a fixture
+from capital_migrate.pgtmp import Cluster, Database, temporary_database
+from migration_helpers import run_sql
+from playbook_support import ROOT, playbook_env, run_playbook
+from test_backup import BASELINE, SEED, backup, dumps, seeded_db  # noqa: F401 - seeded_db is a fixture
 
 
 def test_a_shared_directory_behind_a_symlink_is_refused_and_left_as_it_was(
@@ -99,3 +100,21 @@ def test_retention_deletes_only_this_databases_dumps_when_sanitised_names_collid
     assert run.rc == 0, run.output
     assert other.exists(), "retention deleted another database's dump"
     assert not ours.exists()  # our older dump went, as retention should
+
+
+def test_a_database_whose_name_holds_an_equals_sign_and_a_quote_is_restored_into_itself(
+    pg_cluster: Cluster, tmp_path: Path
+) -> None:
+    """pg_restore reads a --dbname holding '=' as a connection string: the restore passes a quoted conninfo."""
+    with temporary_database(pg_cluster, prefix="cap=ital o'db") as db:
+        run_sql(db, BASELINE.read_text(encoding="utf-8"))
+        run_sql(db, SEED)
+        env = playbook_env(db.env)
+        dirs = {"capital_backup_dir": str(tmp_path / "b"), "capital_report_dir": str(tmp_path / "r")}
+        assert run_playbook("playbooks/backup.yml", env, dirs).rc == 0
+        run_sql(db, 'DELETE FROM "PagoPrestamo"')
+
+        restored = run_playbook("playbooks/rollback.yml", env, {**dirs, "capital_rollback_mode": "restore"})
+
+        assert restored.rc == 0, restored.output[-3000:]
+        assert run_sql(db, 'SELECT count(*) FROM "PagoPrestamo"') == [(9,)]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import shutil
 import socket
 import time
@@ -90,6 +91,7 @@ def test_preflight_passes_on_clean_data_and_reports_guide_rows(baseline_db: Data
 
     assert run.rc == 0, run.output
     assert not backup_dir.exists(), "preflight changes nothing: the backup stage creates the directory"
+    assert re.search(r"localhost\s+: ok=\d+\s+changed=0 ", run.stdout), "a read-only stage reports changed=0"
     checks = run.checks()
     assert failed(run) == set()
     for name in ("connection", "server_version", "tool_psql", "tool_pg_dump", "tool_pg_restore", "backup_space",
