@@ -1,0 +1,149 @@
+"""No fragment of a password anywhere a run writes (issue 17): output, reports, manifests, exports, kept runner
+artifacts, temporary files, and the process list while it runs, through ansible-playbook and the CLI.
+
+The password is built to break parsers (``/ # ? @ : %``, ``{{ {%``, quotes, unicode) and is really used: the
+login role has it, so a run that did not pass it on could not connect. A fragment is any 4 characters of it.
+(The AWX-style runner has its own scan: test_awx_runner.)
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import urllib.parse
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from capital_migrate.pgtmp import Database
+from cli_support import base_env, run_cli
+from migration_helpers import seed_db
+from playbook_support import playbook_env, run_playbook
+from psycopg2 import sql
+
+
+def fragments(password: str) -> set[bytes]:
+    """Every 4-character piece of the password, as UTF-8."""
+    return {password[i:i + 4].encode() for i in range(len(password) - 3)}
+
+
+class ProcessWatch:
+    """Samples every process's command line while a run goes on (what `ps` would show anyone)."""
+
+    def __init__(self) -> None:
+        self.seen: set[str] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            for proc in Path("/proc").iterdir():
+                if proc.name.isdigit():
+                    try:
+                        self.seen.add((proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+                    except OSError:
+                        pass
+            self._stop.wait(0.05)
+
+    def __enter__(self) -> ProcessWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+@pytest.fixture
+def hostile_login(pg_db: Database) -> Iterator[tuple[str, str]]:
+    """A login role whose password holds every character that breaks a parser; yields (role, password)."""
+    role = f"capital_scan_{secrets.token_hex(4)}"
+    # The random part uses letters data and logs hardly hold (hex would: uuids, digests).
+    tail = "".join(secrets.choice("QXZJKVW") for _ in range(10))
+    password = f"Pw/#?@:%{{{{ x }}}}{{% y %}}'\"é漢-{tail}"
+    seed_db(pg_db, juntas=2)
+    conn = pg_db.connect()
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql.SQL("CREATE ROLE {} LOGIN SUPERUSER PASSWORD {}").format(
+                sql.Identifier(role), sql.Literal(password)))
+        conn.commit()
+    finally:
+        conn.close()
+    yield role, password
+    conn = pg_db.connect()
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql.SQL("REASSIGN OWNED BY {} TO CURRENT_USER").format(sql.Identifier(role)))
+            cur.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+            cur.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+        conn.commit()
+    finally:
+        conn.close()
+
+
+def leaks(password: str, texts: dict[str, bytes]) -> list[str]:
+    """Where any fragment of the password (or its URL-encoded form) appears."""
+    needles = fragments(password) | {urllib.parse.quote(password, safe="").encode()}
+    return sorted(f"{where}: {needle!r}" for where, text in texts.items() for needle in needles if needle in text)
+
+
+def written_under(*roots: Path) -> dict[str, bytes]:
+    return {str(p): p.read_bytes() for root in roots if root.exists() for p in root.rglob("*") if p.is_file()}
+
+
+def test_ansible_playbook_migrate_and_rollback_leave_no_fragment_of_the_password(
+    pg_db: Database, hostile_login: tuple[str, str], tmp_path: Path
+) -> None:
+    role, password = hostile_login
+    env = playbook_env({k: v for k, v in pg_db.env.items() if k != "PGPASSWORD"},
+                       PGUSER=role, PGPASSWORD=password, TMPDIR=str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    dirs = {"capital_backup_dir": str(tmp_path / "backups"), "capital_report_dir": str(tmp_path / "reports")}
+
+    with ProcessWatch() as watch:
+        migrated = run_playbook("playbooks/migrate.yml", env, dirs, args=["-v"])
+        rolled = run_playbook("playbooks/rollback.yml", env, dirs, args=["-v"])
+
+    assert migrated.rc == 0, migrated.output[-3000:]
+    assert rolled.rc == 0, rolled.output[-3000:]
+    assert list((tmp_path / "backups").glob("rollback-export-*.sql")), "the rollback exported nothing?"
+    found = leaks(password, {
+        "migrate output": migrated.output.encode(), "rollback output": rolled.output.encode(),
+        **written_under(tmp_path / "backups", tmp_path / "reports", tmp_path / "tmp"),
+        **{f"ps: {line[:60]}": line.encode() for line in watch.seen},
+    })
+    assert found == []
+
+
+def test_the_cli_with_a_database_url_and_kept_artifacts_leaves_no_fragment_of_the_password(
+    pg_db: Database, hostile_login: tuple[str, str], tmp_path: Path
+) -> None:
+    role, password = hostile_login
+    cluster = pg_db.cluster
+    url = (f"postgresql://{role}:{urllib.parse.quote(password, safe='')}@{cluster.host}:{cluster.port}/"
+           f"{urllib.parse.quote(pg_db.name)}")
+    (tmp_path / "tmp").mkdir()
+    env = base_env({"THE_URL": url, "TMPDIR": str(tmp_path / "tmp")})
+    args = ["--database-url-env", "THE_URL", "--keep-artifacts", "--report-dir", str(tmp_path / "reports"),
+            "-e", f"capital_backup_dir={tmp_path / 'backups'}"]
+
+    with ProcessWatch() as watch:
+        migrated = run_cli(["migrate", *args], env)
+        status = run_cli(["status", "--database-url-env", "THE_URL", "--json"], env)
+        rolled = run_cli(["rollback", "--json", *args], env)
+
+    assert migrated.code == 0, migrated.stdout + migrated.stderr
+    assert rolled.code == 0, rolled.stdout + rolled.stderr
+    assert '"applied"' in status.stdout
+    kept: dict[str, Any] = written_under(tmp_path / "tmp")
+    assert any("artifacts" in k for k in kept), "--keep-artifacts kept nothing?"
+    found = leaks(password, {
+        **{f"{name} {stream}": text.encode() for name, done in (("migrate", migrated), ("status", status),
+                                                                 ("rollback", rolled))
+           for stream, text in (("stdout", done.stdout), ("stderr", done.stderr))},
+        **written_under(tmp_path / "backups", tmp_path / "reports"), **kept,
+        **{f"ps: {line[:60]}": line.encode() for line in watch.seen},
+    })
+    assert found == []
