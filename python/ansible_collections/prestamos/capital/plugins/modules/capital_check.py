@@ -60,7 +60,7 @@ options:
     description:
       - Further read-only queries run after the reconciliation, verbatim, in the same snapshot (the
         project's verify role passes the guide's verification queries, saving a module start-up of their
-        own). Each runs under a savepoint: a query the server refuses is reported in RV(query_results)
+        own). Each runs under a savepoint, so a query the server refuses is reported in RV(query_results)
         with its error and does not stop the others or the reconciliation.
     type: list
     elements: str

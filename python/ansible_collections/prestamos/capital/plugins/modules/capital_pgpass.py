@@ -14,16 +14,15 @@ description:
     or an environment variable, and remove RV(path) when done (the playbooks do, with the connection
     role's C(cleanup) tasks).
   - One module call for what C(tempfile) plus C(copy) did in two (three module start-ups, BENCHMARKS.md).
-  - The password is a C(no_log) option: Ansible masks it in every result, log and C(-vvv) output.
-  - Always reports C(changed=false): a per-run credential file is not a change to the managed system.
+  - The password is a C(no_log) option, so Ansible masks it in every result, log and C(-vvv) output.
+  - Always reports C(changed=false), as a per-run credential file is not a change to the managed system.
 version_added: 0.2.0
 author: prestamos capital-tracking project
 options:
   password:
-    description: The password to write.
+    description: The password to write (a C(no_log) option of the argument spec).
     type: str
     required: true
-    no_log: true
   tmpdir:
     description: Where the private directory is created (default the system temp directory).
     type: path
