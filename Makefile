@@ -28,6 +28,7 @@ lint: setup
 	$(BIN)/ruff check python scripts bench
 	$(BIN)/yamllint -s .
 	$(BIN)/ansible-lint --offline --profile production
+	$(BIN)/mypy -p capital_migrate -p ansible_collections.prestamos.capital
 
 unit: setup
 	$(BIN)/pytest -q python/tests -m "not integration"

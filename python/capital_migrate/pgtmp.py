@@ -541,7 +541,7 @@ class Cluster:
 
     def connect(self, dbname: str = "postgres") -> Any:
         """A psycopg2 connection as the superuser."""
-        import psycopg2  # type: ignore[import-untyped]  # imported late: the CLI stays stdlib-only
+        import psycopg2  # imported late: the CLI stays stdlib-only
 
         return psycopg2.connect(self.dsn(dbname))
 

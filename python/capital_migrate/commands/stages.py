@@ -42,7 +42,8 @@ def run_stage_command(args: argparse.Namespace) -> int:
 
 def render_rollback_plan(plan: dict[str, object]) -> str:
     """The reverse migration's dry run: every object it would drop, every row it would export and discard."""
-    objects = plan.get("objects") if isinstance(plan.get("objects"), list) else []
+    listed = plan.get("objects")
+    objects: list[object] = listed if isinstance(listed, list) else []
     lines = ["", f"rollback plan (dry run, nothing changed): drop {len(objects)} object(s) of the record"]
     lines += [f"  drop {name}" for name in objects]
     rows = plan.get("rows")

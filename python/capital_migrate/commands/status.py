@@ -111,7 +111,7 @@ def read_status(ctx: Context) -> dict[str, Any]:
         conn.rollback()
     finally:
         conn.close()
-    state_name = state if isinstance(state, str) else (state.get("state") if isinstance(state, dict) else str(state))
+    state_name = state if isinstance(state, str) else str(state.get("state") if isinstance(state, dict) else state)
     if finding is not None:
         state = finding
     latest = report_mod.latest(default_report_dir(ctx))

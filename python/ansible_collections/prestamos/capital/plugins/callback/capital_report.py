@@ -80,7 +80,7 @@ def _iso(moment: datetime | None) -> str | None:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z" if moment else None
 
 
-class CallbackModule(CallbackBase):
+class CallbackModule(CallbackBase):  # type: ignore[misc]  # ansible ships no type information
     """Collects the stage timeline and the stages' data; writes the report when the playbook ends."""
 
     CALLBACK_VERSION = 2.0
@@ -142,7 +142,7 @@ class CallbackModule(CallbackBase):
     def _on_play_start(self, play: Any) -> None:
         manager = play.get_variable_manager()
         loader = getattr(play, "_loader", None)
-        hosts = []
+        hosts: list[Any] = []
         inventory = getattr(manager, "_inventory", None)
         if inventory is not None:
             hosts = inventory.get_hosts(play.hosts) or []
@@ -201,9 +201,9 @@ class CallbackModule(CallbackBase):
         res = result._result if isinstance(result._result, dict) else {}
         if res.get("_ansible_no_log") or res.get("censored"):
             message = "(output hidden by no_log; rerun with capital_no_log=false on a throwaway database)"
-            message = res.get("msg") if res.get("msg") and "censored" not in str(res.get("msg")) else message
+            message = str(res["msg"]) if res.get("msg") and "censored" not in str(res.get("msg")) else message
         else:
-            message = res.get("msg") or res.get("stderr") or res.get("reason") or ""
+            message = str(res.get("msg") or res.get("stderr") or res.get("reason") or "")
             if not message and res.get("results"):
                 message = "; ".join(
                     str(r.get("msg", "")) for r in res["results"] if isinstance(r, dict) and r.get("failed")
@@ -233,7 +233,7 @@ class CallbackModule(CallbackBase):
             value = custom.get(scope)
             if isinstance(value, dict):
                 deep_merge(merged, value)
-        data = merged.get("capital_report") if isinstance(merged.get("capital_report"), dict) else {}
+        data: dict[str, Any] = merged["capital_report"] if isinstance(merged.get("capital_report"), dict) else {}
         hosts = {host: stats.summarize(host) for host in sorted(set(stats.processed.keys()))}
         report = self._build(data, hosts, merged)
         literals = secret_literals(os.environ, [self._vars.get("capital_db_password")])
@@ -255,7 +255,7 @@ class CallbackModule(CallbackBase):
                     **({"failed_task": entry["failed_task"]} if "failed_task" in entry else {}),
                 }
             )
-        run = data.get("run") if isinstance(data.get("run"), dict) else {}
+        run: dict[str, Any] = data["run"] if isinstance(data.get("run"), dict) else {}
         failed_hosts = any(h.get("failures") or h.get("unreachable") for h in hosts.values())
         outcome = run.get("outcome") or ("failed" if failed_hosts else "success")
         failed_stage = run.get("failed_stage") or next(

@@ -595,7 +595,8 @@ class Migrator(UnitRunner):
                 row = self.cur.fetchone()
                 self.cur.execute("COMMIT")
                 self.batches_rerun += sum("run again with ON CONFLICT" in n for n in self.conn.notices)
-                return row
+                source, rows, source_done, all_done = row
+                return str(source), int(rows), bool(source_done), bool(all_done)
 
             (source, rows, _source_done, all_done), attempts = self._attempt(
                 work, f"backfill batch {self.batches + 1}"
@@ -690,7 +691,8 @@ class Migrator(UnitRunner):
     def _phase_name(self) -> str | None:
         if not self._scalar("SELECT to_regclass('capital_migration_state') IS NOT NULL"):
             return None
-        return self._scalar("SELECT phase FROM capital_migration_state")
+        phase = self._scalar("SELECT phase FROM capital_migration_state")
+        return None if phase is None else str(phase)
 
     def _violations(self) -> list[dict[str, Any]]:
         if not self._scalar("SELECT to_regclass('capital_enforce_violations') IS NOT NULL"):

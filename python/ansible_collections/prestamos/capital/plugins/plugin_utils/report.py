@@ -26,6 +26,16 @@ STAGE_RE = re.compile(r"^(?:[\w.]+ : )?([a-z][a-z0-9_]*) \| (.+)$", re.DOTALL)
 STAGE_ORDER = ("preflight", "plan", "backup", "migrate", "verify", "rollback")
 
 
+def _mapping(value: object) -> Mapping[str, Any]:
+    """The value when it is a mapping (report data is whatever the roles handed over), else an empty one."""
+    return value if isinstance(value, Mapping) else {}
+
+
+def _list(value: object) -> list[Any]:
+    """The value when it is a list, else an empty one."""
+    return value if isinstance(value, list) else []
+
+
 def stage_of(task_name: str) -> tuple[str, str] | None:
     """Split `backup | Dump the database` into ("backup", "Dump the database"); None if unprefixed."""
     match = STAGE_RE.match(task_name.strip())
@@ -255,7 +265,7 @@ def _rows_backfilled(report: Mapping[str, Any]) -> tuple[int | None, dict[str, A
 def backup_info(report: Mapping[str, Any]) -> dict[str, Any]:
     """{path, sha256, size_bytes} of the run's backup, if the backup stage reported one."""
     backup = (report.get("data") or {}).get("backup") or {}
-    manifest = backup.get("manifest") if isinstance(backup.get("manifest"), Mapping) else {}
+    manifest = _mapping(backup.get("manifest"))
     return {
         "path": backup.get("path") or backup.get("file") or manifest.get("path"),
         "sha256": backup.get("sha256") or manifest.get("sha256"),
@@ -393,7 +403,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
 
 
 def _stage_note(report: Mapping[str, Any], stage: str) -> str:
-    data = (report.get("data") or {}).get(stage) or {}
+    data = _mapping(_mapping(report.get("data")).get(stage))
     if stage == "backup":
         info = backup_info(report)
         if info["path"]:
@@ -401,7 +411,7 @@ def _stage_note(report: Mapping[str, Any], stage: str) -> str:
             return f"{os.path.basename(str(info['path']))}" + (f"  sha256 {sha}..." if sha else "")
     if stage == "migrate" and data:
         total, _ = _rows_backfilled(report)
-        parts = []
+        parts: list[str] = []
         if total is not None:
             parts.append(f"{total:,} rows backfilled")
         if "lock_retries" in data:
@@ -413,19 +423,19 @@ def _stage_note(report: Mapping[str, Any], stage: str) -> str:
         found = checks(report)
         if found:
             tally: dict[str, int] = {}
-            for check in found:
-                tally[str(check.get("status"))] = tally.get(str(check.get("status")), 0) + 1
+            for item in found:
+                tally[str(item.get("status"))] = tally.get(str(item.get("status")), 0) + 1
             return "checks: " + ", ".join(f"{n} {s}" for s, n in sorted(tally.items()))
     if stage == "verify" and data:
         parts = []
-        check = data.get("capital_check") if isinstance(data.get("capital_check"), Mapping) else {}
+        check = _mapping(data.get("capital_check"))
         if "juntas_checked" in check:
             parts.append(f"{check['juntas_checked']} juntas reconciled")
         if "discrepancy_count" in check:
             parts.append(f"{check['discrepancy_count']} discrepancies")
-        suite = data.get("sql_suite") if isinstance(data.get("sql_suite"), Mapping) else {}
+        suite = _mapping(data.get("sql_suite"))
         if isinstance(suite.get("checks_passed"), list):
-            failed = suite.get("checks_failed") if isinstance(suite.get("checks_failed"), list) else []
+            failed = _list(suite.get("checks_failed"))
             parts.append(f"SQL suite {len(suite['checks_passed'])} passed, {len(failed)} failed")
         if isinstance(data.get("failed_checks"), list) and data["failed_checks"]:
             parts.append("failed: " + ", ".join(str(c) for c in data["failed_checks"]))
@@ -438,9 +448,9 @@ def _stage_note(report: Mapping[str, Any], stage: str) -> str:
 def capital_totals(report: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
     """[(figure, recomputed from the legacy rows, recorded in the database)] from the verify stage."""
     verify = (report.get("data") or {}).get("verify") or {}
-    check = verify.get("capital_check") if isinstance(verify.get("capital_check"), Mapping) else {}
-    expected = check.get("totals") if isinstance(check.get("totals"), Mapping) else {}
-    recorded = check.get("totals_recorded") if isinstance(check.get("totals_recorded"), Mapping) else {}
+    check = _mapping(verify.get("capital_check"))
+    expected = _mapping(check.get("totals"))
+    recorded = _mapping(check.get("totals_recorded"))
     names = [n for n in ("base_capital", "current_capital", "available_capital") if n in expected or n in recorded]
     return [(name, expected.get(name), recorded.get(name)) for name in names]
 
