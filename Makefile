@@ -29,6 +29,7 @@ lint: setup
 	$(BIN)/yamllint -s .
 	$(BIN)/ansible-lint --offline --profile production
 	$(BIN)/mypy -p capital_migrate -p ansible_collections.prestamos.capital
+	scripts/ansible-test-sanity.sh
 
 unit: setup
 	$(BIN)/pytest -q python/tests -m "not integration"

@@ -153,7 +153,7 @@ def parse_database_url(url: str) -> ConnParts:
         values["port"] = port_text
     query = ""
     if tail.startswith("/"):
-        path, _, query = tail[1:].partition("?")
+        path, _mark, query = tail[1:].partition("?")
         if "@" in path:
             # libpq would take it as part of the database name; it is a password's / left unencoded.
             raise DatabaseUrlError(f"the database URL has an @ after its host part ({ENCODE_HINT})")

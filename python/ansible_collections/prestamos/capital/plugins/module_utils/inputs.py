@@ -13,6 +13,7 @@ Plain typed Python (no Ansible imports), used by the filter `prestamos.capital.c
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -60,7 +61,7 @@ def _as_float(value: Any) -> float | None:
         number = float(value)
     except ValueError:
         return None
-    return number if number == number and abs(number) != float("inf") else None
+    return number if math.isfinite(number) else None
 
 
 @dataclass(frozen=True)

@@ -498,7 +498,7 @@ class UnitRunner:
 
         started = time.monotonic()
         where = f"{unit.file}:{unit.line} ({unit.summary})"
-        _, attempts = self._attempt(work, where)
+        _result, attempts = self._attempt(work, where)
         seconds = time.monotonic() - started
         stats = self._phase(self._phase_for(unit.file))
         stats.seconds += seconds
@@ -513,7 +513,6 @@ class UnitRunner:
                 "seconds": round(seconds, 3),
             }
         )
-
 
 
 @dataclass

@@ -268,7 +268,7 @@ class Reverter(UnitRunner):
 
     def _timed(self, work: Any, where: str, statements: int) -> None:
         started = time.monotonic()
-        _, attempts = self._attempt(work, where)
+        _result, attempts = self._attempt(work, where)
         seconds = time.monotonic() - started
         stats = self._phase("rollback")
         stats.seconds += seconds
@@ -295,7 +295,7 @@ class Reverter(UnitRunner):
             with os.fdopen(fd, "wb") as out:
                 out.write(
                     b"-- Rows of the capital-tracking tables, exported by the reverse migration before it dropped\n"
-                     b"-- them. Each block loads with psql into a table of the same shape.\n"
+                    b"-- them. Each block loads with psql into a table of the same shape.\n"
                 )
                 for table in tables:
                     self.cur.execute(

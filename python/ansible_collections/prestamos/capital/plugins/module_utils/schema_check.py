@@ -105,19 +105,21 @@ def judge(facts: SchemaFacts) -> dict[str, Any] | None:
         pairs = _camel_pairs(wanted, facts.columns.get(table, {}))
         if pairs:
             legacy[table] = pairs
-            found.append(f'"{table}" has {_quoted([o for o, _ in pairs])} where the guide has '
-                         + ", ".join(g for _, g in pairs))
+            found.append(f'"{table}" has {_quoted([orm for orm, _guide in pairs])} where the guide has '
+                         + ", ".join(guide for _orm, guide in pairs))
     if legacy:
         pairs = [pair for table_pairs in legacy.values() for pair in table_pairs]
-        summary.append(f"{_quoted(list(legacy))} have camelCase columns ({_quoted(_unique([o for o, _ in pairs]))})"
-                       f" where the guide has {', '.join(_unique([g for _, g in pairs]))}")
+        orm_names = _unique([orm for orm, _guide in pairs])
+        summary.append(f"{_quoted(list(legacy))} have camelCase columns ({_quoted(orm_names)})"
+                       f" where the guide has {', '.join(_unique([guide for _orm, guide in pairs]))}")
     shadow = []
     for table, wanted in SHADOW_COLUMNS.items():
         pairs = _camel_pairs(wanted, facts.columns.get(table, {}))
         if pairs:
             shadow.append(table)
-            found.append(f'"{table}" has {_quoted([o for o, _ in pairs])} where the migration\'s shadow table has '
-                         + ", ".join(g for _, g in pairs))
+            orm_names = [orm for orm, _guide in pairs]
+            found.append(f'"{table}" has {_quoted(orm_names)} where the migration\'s shadow table has '
+                         + ", ".join(guide for _orm, guide in pairs))
     if shadow:
         summary.append(f"{_quoted(shadow)} exist in the ORM's shape (not the migration's shadow tables)")
     junta = facts.columns.get("Junta", {})

@@ -33,7 +33,7 @@ description:
   - One module call instead of a task per step, each costing a module start-up (BENCHMARKS.md).
   - Reads no database and takes no credentials.
 version_added: 0.2.0
-author: prestamos capital-tracking project
+author: prestamos capital-tracking project (@prestamos)
 options:
   mode:
     description: C(seal) a dump C(pg_dump) has just written, or C(verify) one before a restore.
@@ -255,7 +255,7 @@ def dump_digest(path: Path, fmt: str) -> tuple[str, int, str]:
         return file_sha256(path), path.stat().st_size, "file"
     files = sorted((p.relative_to(path).as_posix(), p) for p in path.rglob("*") if p.is_file())
     lines = "".join(f"{file_sha256(p)}  {name}\n" for name, p in files)
-    size = sum(p.stat().st_size for _, p in files)
+    size = sum(p.stat().st_size for _name, p in files)
     return hashlib.sha256(lines.encode()).hexdigest(), size, "sha256 of sorted sha256sum lines of the directory files"
 
 

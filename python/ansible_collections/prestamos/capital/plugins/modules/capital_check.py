@@ -19,7 +19,7 @@ description:
   - Equality is exact. A difference of 0.01 is a discrepancy; there is no tolerance.
   - Money in the results is always a string with two decimals, never a float.
 version_added: 0.1.0
-author: prestamos capital-tracking project
+author: prestamos capital-tracking project (@prestamos)
 options:
   method:
     description:

@@ -20,7 +20,7 @@ description:
     is retried with exponential backoff on SQLSTATE 55P03/40P01 only; other errors fail at once with the
     server's message and the failing file and line.
 version_added: 0.1.0
-author: prestamos capital-tracking project
+author: prestamos capital-tracking project (@prestamos)
 extends_documentation_fragment:
   - prestamos.capital.connection
 options:
@@ -67,9 +67,11 @@ options:
 attributes:
   check_mode:
     support: full
+    description: Can run in check_mode and return changed status prediction without modifying target.
     details: In check mode the module reads the state and reports the plan; it executes no DDL and no batch.
   diff_mode:
     support: none
+    description: Returns no diff; the result lists the executed statements instead.
 notes:
   - Files are run in the order of C(add_capital_tracking.sql); the first digit of a piece's name is its phase
     (1 expand, 2 backfill, 3 enforce). C(2x) files are not executed; the module drives the same

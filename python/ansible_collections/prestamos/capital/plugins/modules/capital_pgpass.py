@@ -17,7 +17,7 @@ description:
   - The password is a C(no_log) option, so Ansible masks it in every result, log and C(-vvv) output.
   - Always reports C(changed=false), as a per-run credential file is not a change to the managed system.
 version_added: 0.2.0
-author: prestamos capital-tracking project
+author: prestamos capital-tracking project (@prestamos)
 options:
   password:
     description: The password to write (a C(no_log) option of the argument spec).

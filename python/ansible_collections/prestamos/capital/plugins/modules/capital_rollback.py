@@ -29,7 +29,7 @@ description:
   - Each statement that locks a legacy table runs under C(lock_timeout) and is retried with backoff on
     SQLSTATE 55P03/40P01 only.
 version_added: 0.1.0
-author: prestamos capital-tracking project
+author: prestamos capital-tracking project (@prestamos)
 extends_documentation_fragment:
   - prestamos.capital.connection
 options:

@@ -60,7 +60,7 @@ def url_password(url: str) -> str | None:
         if found:
             return found
     credentials = url.split("://", 1)[-1].rpartition("@")[0]
-    _, colon, password = credentials.partition(":")
+    _user, colon, password = credentials.partition(":")
     return unquote(password) if colon and password else None
 
 
@@ -190,7 +190,7 @@ def _cell(value: Any) -> str:
 
 
 def _table(headers: list[str], rows: list[list[Any]]) -> list[str]:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _header in headers) + "|"]
     lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
     return lines
 
@@ -410,7 +410,7 @@ def _stage_note(report: Mapping[str, Any], stage: str) -> str:
             sha = str(info["sha256"] or "")[:12]
             return f"{os.path.basename(str(info['path']))}" + (f"  sha256 {sha}..." if sha else "")
     if stage == "migrate" and data:
-        total, _ = _rows_backfilled(report)
+        total, _per_source = _rows_backfilled(report)
         parts: list[str] = []
         if total is not None:
             parts.append(f"{total:,} rows backfilled")
