@@ -297,6 +297,7 @@ def test_rollback_yml_on_the_orm_database_with_capital_columns_exits_non_zero_an
 
     assert run.rc != 0, run.output
     assert "not the guide's" in run.output
+    assert run.stats["capital_report"]["run"]["outcome"] == "preflight_refused"  # exit 3, not 5: nothing changed
     assert database_checksums(pg_db) == before
     assert query(pg_db, 'SELECT count(*) FROM information_schema.columns'
                         " WHERE table_name = 'Junta' AND column_name = 'base_capital'") == [(1,)]
@@ -341,3 +342,18 @@ def test_preflight_names_an_object_that_is_not_provably_the_migrations_and_migra
     migrated = run_playbook("playbooks/migrate.yml", playbook_env(pg_db.env), dirs)
     assert migrated.rc != 0 and "calculate_available_capital(text)" in migrated.output
     assert fingerprint(pg_db) == shape and not (tmp_path / "b").exists()
+
+
+def test_a_refused_rollback_exits_3_from_the_cli_naming_what_stops_it(pg_db: Any, tmp_path: Path) -> None:
+    seed_db(pg_db, juntas=1)
+    migrate(pg_db)
+    query(pg_db, "CREATE VIEW app_movements AS SELECT junta_id, amount FROM capital_movements")
+    shape = fingerprint(pg_db)
+
+    done = run_cli(["rollback", "--quiet", "--json", "--report-dir", str(tmp_path / "r"),
+                    "-e", f"capital_backup_dir={tmp_path / 'b'}"], base_env(pg_db.cluster.env(pg_db.name)))
+
+    assert done.code == ExitCode.PREFLIGHT_REFUSED, done.stdout + done.stderr
+    doc = done.json()
+    assert doc["outcome"] == "preflight_refused" and "view app_movements" in (doc["cause"] or "")
+    assert fingerprint(pg_db) == shape
