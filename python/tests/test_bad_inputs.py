@@ -309,7 +309,10 @@ def test_a_port_that_is_not_a_number_is_refused_before_anything(pg_db: Any, tmp_
     assert fingerprint(pg_db) == shape
 
 
-@pytest.mark.parametrize("variable", ["capital_lock_timeout=2sec", "capital_db_port=0", "capital_batch_size=-5"])
+@pytest.mark.parametrize("variable", ["capital_lock_timeout=2sec", "capital_db_port=0", "capital_batch_size=-5",
+                                      # stage-only variables, checked up front with their roles' specs
+                                      "capital_backup_format=tar", "capital_rollback_mode=undo",
+                                      "capital_verify_method=perl"])
 def test_the_cli_exits_2_on_a_bad_variable_and_writes_nothing(pg_db: Any, tmp_path: Path, variable: str) -> None:
     seed_db(pg_db, juntas=1)
     shape = fingerprint(pg_db)
