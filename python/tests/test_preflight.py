@@ -19,8 +19,9 @@ from typing import Any
 
 import psycopg2
 import pytest
+from ansible_collections.prestamos.capital.plugins.module_utils.migration import Interrupted
 from capital_migrate.pgtmp import Database
-from migration_helpers import run_sql
+from migration_helpers import migrate, run_sql
 from playbook_support import ROOT, PlaybookRun, playbook_env, run_playbook
 
 PLAYBOOK = "playbooks/preflight.yml"
@@ -391,8 +392,9 @@ def test_long_transactions_locks_and_another_run_are_reported(baseline_db: Datab
 
 
 def test_a_partly_applied_migration_is_reported_as_resumable(baseline_db: Database, backup_dir: Path) -> None:
-    run_sql(baseline_db, 'CREATE TABLE capital_movements (id bigint PRIMARY KEY);'
-                          'ALTER TABLE "Junta" ADD COLUMN base_capital numeric(14,2) NOT NULL DEFAULT 0')
+    # A run stopped after its first two pieces: its objects are in its record of provenance.
+    with pytest.raises(Interrupted):
+        migrate(baseline_db, stop_after_file="11_expand_columns.sql")
     run = preflight(baseline_db.env, backup_dir)
 
     assert run.rc == 0, run.output
@@ -400,3 +402,20 @@ def test_a_partly_applied_migration_is_reported_as_resumable(baseline_db: Databa
     assert state["status"] == "warn"
     assert state["value"]["state"] == "partial"
     assert {"capital_movements", "Junta capital columns"} <= set(state["value"]["objects_present"])
+    assert run.checks()["object_provenance"]["status"] == "pass"
+
+
+def test_look_alike_leftovers_made_by_hand_are_refused_not_resumed(baseline_db: Database, backup_dir: Path) -> None:
+    """The team's first scripts' failure (domain.md §4): an earlier attempt's differently shaped table. Not this
+    migration's by its record, so preflight refuses, naming each, before any change (issue 16)."""
+    run_sql(baseline_db, 'CREATE TABLE capital_movements (id bigint PRIMARY KEY);'
+                          'ALTER TABLE "Junta" ADD COLUMN base_capital numeric(14,2) NOT NULL DEFAULT 0')
+    run = preflight(baseline_db.env, backup_dir)
+
+    assert run.rc != 0
+    state = run.checks()["migration_state"]
+    assert state["value"]["state"] == "partial"
+    refused = run.checks()["object_provenance"]
+    assert refused["status"] == "fail"
+    named = " ".join(refused["value"]["not_provably_ours"])
+    assert "table capital_movements" in named and 'column "Junta".base_capital' in named
