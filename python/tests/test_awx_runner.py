@@ -33,7 +33,7 @@ import pytest
 from awx_support import REPO
 from capital_migrate import datagen
 from capital_migrate.pgtmp import Database, clean_environ
-from psycopg2 import sql
+from system_support import login_role
 from test_awx_config import render_injectors
 
 BIN = Path(sys.executable).parent
@@ -179,12 +179,6 @@ def awx_job(request: pytest.FixtureRequest, pg_db: Database, tmp_path: Path) -> 
     conn = pg_db.connect()
     try:
         datagen.generate(conn, seed=11, juntas=6)
-        with conn.cursor() as cur:
-            cur.execute(
-                sql.SQL("CREATE ROLE {} LOGIN SUPERUSER PASSWORD {}").format(
-                    sql.Identifier(role), sql.Literal(password)
-                )
-            )
         conn.commit()
     finally:
         conn.close()
@@ -193,18 +187,8 @@ def awx_job(request: pytest.FixtureRequest, pg_db: Database, tmp_path: Path) -> 
     root = tmp_path / "pdd"
     root.mkdir(mode=0o700)
     build_private_data_dir(root, pg_db, role, password, mount, request.param)
-    try:
+    with login_role(pg_db, role, password):
         yield AwxJob(root, password, mount, pg_db, role)
-    finally:
-        conn = pg_db.connect()
-        try:
-            with conn.cursor() as cur:
-                cur.execute(sql.SQL("REASSIGN OWNED BY {} TO CURRENT_USER").format(sql.Identifier(role)))
-                cur.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
-                cur.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
-            conn.commit()
-        finally:
-            conn.close()
 
 
 def _has_ledger(db: Database) -> bool:

@@ -15,6 +15,7 @@ import pytest
 from capital_migrate.pgtmp import Cluster, Database, temporary_database
 from migration_helpers import run_sql
 from playbook_support import ROOT, playbook_env, run_playbook
+from system_support import tmpfs
 from test_backup import BASELINE, SEED, backup, dumps, seeded_db  # noqa: F401 - seeded_db is a fixture
 
 
@@ -55,12 +56,7 @@ def test_a_full_disk_while_writing_the_manifest_leaves_no_complete_named_dump(
     seeded_db: Database, tmp_path: Path  # noqa: F811
 ) -> None:
     """The seal module itself, on a real tmpfs filled after pg_dump wrote the dump (we are root)."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mount = tmp_path / "full"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs", str(mount)], check=True)
-    try:
+    with tmpfs(tmp_path / "full", "2m") as mount:
         partial = mount / "local-db-20260101T000000Z.dump.1.partial"
         subprocess.run(["pg_dump", "-Fc", "--no-password", "-f", str(partial)], env=seeded_db.env, check=True)
         stats = os.statvfs(mount)
@@ -74,8 +70,6 @@ def test_a_full_disk_while_writing_the_manifest_leaves_no_complete_named_dump(
             cwd=ROOT, env=playbook_env(dict(os.environ)), capture_output=True, text=True, check=False,
         )
         names = sorted(p.name for p in mount.iterdir())
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
     assert done.returncode != 0, done.stdout
     assert "could not write the manifest" in done.stdout and "No space left on device" in done.stdout, done.stdout
     assert names == ["ballast", partial.name]  # the dump stays .partial, and no manifest (partial or not)

@@ -45,6 +45,7 @@ from fault_support import (
     wait_migration_sessions_gone,
 )
 from migration_helpers import seed_db
+from system_support import tmpfs
 from test_rollback import leftovers
 from test_verify import run_check
 
@@ -281,15 +282,8 @@ def test_kill_mid_backfill_then_rollback_keeps_every_row(
 @pytest.fixture
 def tiny_fs(tmp_path: Path) -> Iterator[Path]:
     """A real tmpfs as the backup directory (we are root); unmounted whatever happens."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mount = tmp_path / "backups"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m,mode=0700", "tmpfs", str(mount)], check=True)
-    try:
+    with tmpfs(tmp_path / "backups", "64m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def fill(directory: Path, leave: int) -> Path:

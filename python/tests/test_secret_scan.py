@@ -20,7 +20,7 @@ from capital_migrate.pgtmp import Database
 from cli_support import base_env, run_cli
 from migration_helpers import seed_db
 from playbook_support import playbook_env, run_playbook
-from psycopg2 import sql
+from system_support import login_role
 
 
 def fragments(password: str) -> set[bytes]:
@@ -63,24 +63,8 @@ def hostile_login(pg_db: Database) -> Iterator[tuple[str, str]]:
     tail = "".join(secrets.choice("QXZJKVW") for _ in range(10))
     password = f"Pw/#?@:%{{{{ x }}}}{{% y %}}'\"é漢-{tail}"
     seed_db(pg_db, juntas=2)
-    conn = pg_db.connect()
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql.SQL("CREATE ROLE {} LOGIN SUPERUSER PASSWORD {}").format(
-                sql.Identifier(role), sql.Literal(password)))
-        conn.commit()
-    finally:
-        conn.close()
-    yield role, password
-    conn = pg_db.connect()
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql.SQL("REASSIGN OWNED BY {} TO CURRENT_USER").format(sql.Identifier(role)))
-            cur.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
-            cur.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
-        conn.commit()
-    finally:
-        conn.close()
+    with login_role(pg_db, role, password):
+        yield role, password
 
 
 def leaks(password: str, texts: dict[str, bytes]) -> list[str]:
