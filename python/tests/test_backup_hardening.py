@@ -112,3 +112,24 @@ def test_a_database_whose_name_holds_an_equals_sign_and_a_quote_is_restored_into
 
         assert restored.rc == 0, restored.output[-3000:]
         assert run_sql(db, 'SELECT count(*) FROM "PagoPrestamo"') == [(9,)]
+
+
+def test_two_backups_in_the_same_second_never_share_a_partial_and_the_second_is_refused_by_name(
+    seeded_db: Database, tmp_path: Path  # noqa: F811
+) -> None:
+    """The same second made deterministic: both runs are given the same time stamp (extra vars outrank the
+    role's set_fact). Each writes its own .partial; the second may not take the first's name."""
+    backup_dir = tmp_path / "backups"
+    same = {"__capital_backup_stamp": "20260101T000000Z"}
+    first = backup(seeded_db, backup_dir, tmp_path / "reports", **same)
+    assert first.rc == 0, first.output
+    [dump] = dumps(backup_dir)
+    sealed = dump.read_bytes()
+
+    second = backup(seeded_db, backup_dir, tmp_path / "reports", **same)
+
+    assert second.rc != 0
+    assert "another backup of this database finished in the same second" in second.output
+    assert dumps(backup_dir) == [dump] and dump.read_bytes() == sealed
+    partials = [p.name for p in backup_dir.iterdir() if p.name.endswith(".partial")]
+    assert len(partials) == 1 and partials[0] != f"{dump.name}.partial"  # the second's own, left for a look
