@@ -195,4 +195,8 @@ def inventory_variables(inventory: Path, names: tuple[str, ...] = DB_VARIABLES,
     except AnsibleError as exc:
         # Ansible's message may quote the file's text; name only the inventory and the kind of problem.
         kind = "its vault needs --vault-password-file" if "vault" in str(exc).lower() else type(exc).__name__
+        if "Template" in type(exc).__name__:
+            # A password holding '{{' or '{%' is a template to Ansible, which quotes it in its errors.
+            kind += (": a capital_db_* value holds '{{' or '{%' that Ansible cannot template; if it is part of a "
+                     "password, mark the value !unsafe (see inventories/*/group_vars/all/vault.yml.example)")
         raise OperatorError(f"cannot read the connection variables of inventory {inventory} ({kind})") from None

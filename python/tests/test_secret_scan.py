@@ -131,3 +131,21 @@ def test_the_cli_with_a_database_url_and_kept_artifacts_leaves_no_fragment_of_th
         **{f"ps: {line[:60]}": line.encode() for line in watch.seen},
     })
     assert found == []
+
+
+def test_a_password_with_template_braces_in_the_inventory_is_refused_by_the_cli_without_a_fragment(
+    tmp_path: Path,
+) -> None:
+    """Ansible templates a `{{` in a plain inventory value and quotes the value in its error; the CLI reads
+    the inventory first and refuses with exit 2, naming the fix (`!unsafe`), quoting nothing."""
+    password = "Qx{{Zj-KVWQ{%XJ"
+    inventory = tmp_path / "inventory"
+    (inventory / "group_vars" / "all").mkdir(parents=True)
+    (inventory / "hosts.yml").write_text("all:\n  hosts:\n    localhost:\n      ansible_connection: local\n")
+    (inventory / "group_vars" / "all" / "main.yml").write_text(f'capital_db_password: "{password}"\n')
+
+    done = run_cli(["status", "-i", str(inventory)], base_env())
+
+    assert done.code == 2, done.stdout + done.stderr
+    assert "!unsafe" in done.stderr
+    assert leaks(password, {"stdout": done.stdout.encode(), "stderr": done.stderr.encode()}) == []
