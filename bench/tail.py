@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ansible_collections.prestamos.capital.plugins.module_utils.migration import Migrator, Options
+from ansible_collections.prestamos.capital.plugins.module_utils.migration import Options
 from capital_migrate.pgtmp import Cluster
 
 from bench import run as B
@@ -66,7 +66,7 @@ def one_round(pg: Cluster, work: Path, n: int, batch_size: int, pause: float, se
 
     conn = pg.connect(db)
     marks["start"] = time.time()
-    Migrator(conn, B.sql_files(), Options(after_batch=after_batch, batch_size=batch_size)).run()
+    B.observed(conn, Options(batch_size=batch_size), after_batch).run()
     marks["end"] = time.time()
     conn.close()
     load.communicate()

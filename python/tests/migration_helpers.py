@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from ansible_collections.prestamos.capital.plugins.module_utils.migration import (
+    Interrupted,
     Migrator,
     Options,
     load_sql_dir,
@@ -30,11 +32,37 @@ def seed_db(db: Any, juntas: int = 4, dirty: bool = False, seed: int = 7) -> Non
         conn.close()
 
 
-def migrate(db: Any, sql: dict[str, str] | None = None, **options: Any) -> dict[str, Any]:
-    """Run the migration on its own connection, like one module invocation."""
+class StoppingMigrator(Migrator):
+    """The Migrator with the tests' stop points: after ``stop_after_batches`` batches, or after the piece
+    ``stop_after_file`` (raising Interrupted, like a killed run), and an ``on_batch`` observer."""
+
+    stop_after_batches: int | None = None
+    stop_after_file: str | None = None
+    on_batch: Callable[[int], None] | None = None
+
+    def before_batch(self, done: int) -> None:
+        if self.stop_after_batches is not None and done >= self.stop_after_batches:
+            raise Interrupted(f"stopped after {done} batches")
+
+    def after_batch(self, done: int) -> None:
+        if self.on_batch is not None:
+            self.on_batch(done)
+
+    def after_piece(self, name: str) -> None:
+        if self.stop_after_file == name:
+            raise Interrupted(f"stopped after {name}")
+
+
+def migrate(db: Any, sql: dict[str, str] | None = None, stop_after_batches: int | None = None,
+            stop_after_file: str | None = None, after_batch: Callable[[int], None] | None = None,
+            **options: Any) -> dict[str, Any]:
+    """Run the migration on its own connection, like one module invocation (optionally stopped early)."""
     conn = db.connect()
     try:
-        return Migrator(conn, sql if sql is not None else sql_files(), Options(**options)).run()
+        migrator = StoppingMigrator(conn, sql if sql is not None else sql_files(), Options(**options))
+        migrator.stop_after_batches, migrator.stop_after_file = stop_after_batches, stop_after_file
+        migrator.on_batch = after_batch
+        return migrator.run()
     finally:
         conn.close()
 

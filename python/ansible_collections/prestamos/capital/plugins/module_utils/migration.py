@@ -48,7 +48,8 @@ class MigrationError(Exception):
 
 
 class Interrupted(Exception):
-    """Raised by a test hook to stop a run at a chosen point, like a killed process would."""
+    """Raised from an extension point (``Migrator.before_batch``, ``after_piece``) by a test that stops a run at
+    a chosen point, like a killed process would."""
 
 
 # -- SQL text ---------------------------------------------------------------------------------------------
@@ -349,10 +350,6 @@ class Options:
     statement_timeout: str = "0"
     # Names this run in the record of provenance (and its history row); a random one when empty.
     run_id: str = ""
-    # Test hooks: stop the run (raise Interrupted) after this many backfill batches / after this piece.
-    stop_after_batches: int | None = None
-    stop_after_file: str | None = None
-    after_batch: Callable[[int], None] | None = None
 
 
 @dataclass
@@ -576,11 +573,7 @@ class Migrator(UnitRunner):
         stmt_timeout = f"{self.statement_timeout_ms}ms"
         while True:
             self._stop_if_requested(f"after backfill batch {self.batches}")
-            if (
-                self.options.stop_after_batches is not None
-                and self.batches >= self.options.stop_after_batches
-            ):
-                raise Interrupted(f"stopped after {self.batches} batches")
+            self.before_batch(self.batches)
 
             def work() -> tuple[str, int, bool, bool]:
                 del self.conn.notices[:]  # only the notices of the attempt that commits count
@@ -606,13 +599,22 @@ class Migrator(UnitRunner):
                 stats.statements += 1
                 if rows > 0:
                     self.rows_backfilled[source] = self.rows_backfilled.get(source, 0) + rows
-                if self.options.after_batch is not None:
-                    self.options.after_batch(self.batches)
+                self.after_batch(self.batches)
             if all_done or source == "junta_index":  # the piece builds the junta index, then calls again
                 break
             if rows < 0:
                 time.sleep(0.2)  # barrier: transactions older than the ledger_complete flip still running
         stats.seconds += time.monotonic() - started
+
+    # -- extension points: no-ops here; the benchmark times batches, tests stop a run (raise Interrupted) --
+    def before_batch(self, done: int) -> None:
+        """Called before each backfill batch with the number of batches done so far in this run."""
+
+    def after_batch(self, done: int) -> None:
+        """Called after each committed backfill batch (not the barrier or index steps)."""
+
+    def after_piece(self, name: str) -> None:
+        """Called after every unit of the piece ``name`` has run."""
 
     # -- history ---------------------------------------------------------------------------------------
     def _open_history(self) -> None:
@@ -825,8 +827,7 @@ class Migrator(UnitRunner):
                     else:
                         self._run_unit(unit)
                     self._open_history()
-                if self.options.stop_after_file == name:
-                    raise Interrupted(f"stopped after {name}")
+                self.after_piece(name)
             violations = self._violations()
             record = self._phase("record")
             started = time.monotonic()
