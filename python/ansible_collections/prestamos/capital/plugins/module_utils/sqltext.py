@@ -1,0 +1,222 @@
+"""The migration's SQL as text: split like psql, grouped into units, ordered by the main script, checksummed.
+
+``add_capital_tracking.sql`` is the one source of truth for the order of the pieces (its ``\\ir`` lines); the
+checksum covers that script and the pieces, in order. Inside a piece, ``BEGIN; ...; COMMIT;`` delimits a
+transaction the runner executes (and retries) as one unit; a statement outside such a block runs on its own
+in autocommit (CREATE INDEX CONCURRENTLY); ``<query> \\gexec`` runs the query and executes each value it
+returns, like psql. The file name's first digit names the phase: 1x expand, 2x backfill, 3x enforce.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ansible_collections.prestamos.capital.plugins.module_utils import provenance
+from ansible_collections.prestamos.capital.plugins.module_utils.errors import MigrationError
+
+MAIN_SCRIPT = "add_capital_tracking.sql"
+_IR_LINE = re.compile(r"^\\ir\s+(\S+)\s*$", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class Statement:
+    """One statement of a piece; ``gexec`` means: run it and execute every value it returns."""
+
+    text: str
+    line: int
+    gexec: bool = False
+
+    @property
+    def bare(self) -> str:
+        """The statement without leading comments or whitespace, for classification and messages."""
+        lines = [ln for ln in self.text.splitlines() if ln.strip() and not ln.strip().startswith("--")]
+        return "\n".join(lines).strip()
+
+
+@dataclass(frozen=True)
+class Unit:
+    """What the runner executes as one attempt: a transaction, or one autocommit statement."""
+
+    file: str
+    index: int
+    kind: str  # "tx" | "auto"
+    statements: tuple[Statement, ...]
+
+    @property
+    def line(self) -> int:
+        return self.statements[0].line
+
+    @property
+    def summary(self) -> str:
+        text = " ".join(s.bare.split("\n")[0] for s in self.statements)
+        return text[:120]
+
+
+def split_statements(text: str) -> list[Statement]:
+    """Split SQL like psql does: on ``;`` outside quotes, comments and dollar quotes; ``\\gexec`` ends one too.
+
+    Other psql meta-commands are refused: the pieces must run the same through psql and through the module.
+    """
+    out: list[Statement] = []
+    buf: list[str] = []
+    start_line = 1
+    line = 1
+    i = 0
+    n = len(text)
+
+    def flush(gexec: bool = False) -> None:
+        nonlocal buf
+        stmt = Statement("".join(buf), start_line, gexec)
+        if stmt.bare:
+            out.append(stmt)
+        buf = []
+
+    while i < n:
+        c = text[i]
+        if not "".join(buf).strip():
+            start_line = line
+        if c == "-" and text.startswith("--", i):
+            j = text.find("\n", i)
+            j = n if j < 0 else j
+            buf.append(text[i:j])
+            i = j
+            continue
+        if c == "/" and text.startswith("/*", i):
+            depth, j = 1, i + 2
+            while j < n and depth:
+                if text.startswith("/*", j):
+                    depth, j = depth + 1, j + 2
+                elif text.startswith("*/", j):
+                    depth, j = depth - 1, j + 2
+                else:
+                    j += 1
+            chunk = text[i:j]
+            buf.append(chunk)
+            line += chunk.count("\n")
+            i = j
+            continue
+        if c in ("'", '"'):
+            j = i + 1
+            while j < n:
+                if text[j] == c:
+                    if j + 1 < n and text[j + 1] == c:
+                        j += 2
+                        continue
+                    break
+                j += 1
+            chunk = text[i : j + 1]
+            buf.append(chunk)
+            line += chunk.count("\n")
+            i = j + 1
+            continue
+        if c == "$":
+            m = re.match(r"\$([A-Za-z_][A-Za-z_0-9]*)?\$", text[i:])
+            if m:
+                tag = m.group(0)
+                j = text.find(tag, i + len(tag))
+                if j < 0:
+                    raise MigrationError(f"unterminated dollar quote {tag} starting at line {line}")
+                chunk = text[i : j + len(tag)]
+                buf.append(chunk)
+                line += chunk.count("\n")
+                i = j + len(tag)
+                continue
+        if c == "\\" and (i == 0 or text[i - 1] == "\n"):
+            j = text.find("\n", i)
+            j = n if j < 0 else j
+            meta = text[i:j].strip()
+            if meta == "\\gexec":
+                flush(gexec=True)
+            else:
+                raise MigrationError(
+                    f"psql meta-command {meta!r} at line {line} is not supported in a piece; "
+                    "only \\gexec is (put other meta-commands in the main script)"
+                )
+            i = j
+            continue
+        if c == ";":
+            buf.append(c)
+            flush()
+            i += 1
+            continue
+        if c == "\n":
+            line += 1
+        buf.append(c)
+        i += 1
+    if "".join(buf).strip():
+        flush()
+    return out
+
+
+def parse_units(name: str, text: str) -> list[Unit]:
+    """Group a piece's statements into units: BEGIN ... COMMIT blocks and lone autocommit statements."""
+    units: list[Unit] = []
+    current: list[Statement] | None = None
+    for stmt in split_statements(text):
+        word = stmt.bare.rstrip(";").strip().upper()
+        if word in ("BEGIN", "START TRANSACTION"):
+            if current is not None:
+                raise MigrationError(f"{name}:{stmt.line}: BEGIN inside a transaction block")
+            current = []
+        elif word in ("COMMIT", "END"):
+            if current is None:
+                raise MigrationError(f"{name}:{stmt.line}: COMMIT without BEGIN")
+            if current:
+                units.append(Unit(name, len(units), "tx", tuple(current)))
+            current = None
+        elif current is not None:
+            if stmt.gexec:
+                raise MigrationError(f"{name}:{stmt.line}: \\gexec inside a transaction block")
+            current.append(stmt)
+        else:
+            units.append(Unit(name, len(units), "auto", (stmt,)))
+    if current is not None:
+        raise MigrationError(f"{name}: BEGIN without COMMIT at the end of the file")
+    return units
+
+
+def parse_order(main_text: str) -> list[str]:
+    """The pieces named by the main script's ``\\ir`` lines, in order."""
+    order = _IR_LINE.findall(main_text)
+    if not order:
+        raise MigrationError(f"{MAIN_SCRIPT} names no piece (no \\ir lines): is it the right file?")
+    return order
+
+
+def sql_checksum(texts_in_order: Iterable[str]) -> str:
+    """sha256 over the texts in order, each followed by a NUL byte (so moving text between files counts).
+
+    Trailing whitespace is not part of the checksum: Ansible's file lookup strips it, a file read from disk
+    keeps it, and both must agree on whether a database has drifted.
+    """
+    digest = hashlib.sha256()
+    for text in texts_in_order:
+        digest.update(text.rstrip().encode("utf-8"))
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def load_sql_dir(path: str | Path) -> dict[str, str]:
+    """The main script and every piece it includes, read from a directory (tests, CLI)."""
+    root = Path(path)
+    main = (root / MAIN_SCRIPT).read_text(encoding="utf-8")
+    files = {MAIN_SCRIPT: main}
+    for name in parse_order(main):
+        files[name] = (root / name).read_text(encoding="utf-8")
+    inventory = root / provenance.INVENTORY_FILE
+    if inventory.is_file():
+        files[provenance.INVENTORY_FILE] = inventory.read_text(encoding="utf-8")
+    return files
+
+
+def phase_of(name: str) -> str:
+    """The phase a piece belongs to, from the first digit of its name."""
+    first = Path(name).name[:1]
+    phases = {"1": "expand", "2": "backfill", "3": "enforce"}
+    if first not in phases:
+        raise MigrationError(f"piece {name!r} must start with 1 (expand), 2 (backfill) or 3 (enforce)")
+    return phases[first]
