@@ -10,12 +10,13 @@ from collections.abc import Callable
 from typing import Any
 
 from ansible.module_utils.basic import missing_required_lib
-from ansible_collections.prestamos.capital.plugins.module_utils.migration import MigrationError, UnitRunner
+from ansible_collections.prestamos.capital.plugins.module_utils.errors import MigrationError
 from ansible_collections.prestamos.capital.plugins.module_utils.pg import (
     HAS_PSYCOPG2,
     PSYCOPG2_IMPORT_ERROR,
     connect,
 )
+from ansible_collections.prestamos.capital.plugins.module_utils.unitrunner import UnitRunner
 
 
 def stop_between_statements(runner: UnitRunner) -> None:

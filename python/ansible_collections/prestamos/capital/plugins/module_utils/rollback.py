@@ -30,19 +30,18 @@ from pathlib import Path
 from typing import Any
 
 from ansible_collections.prestamos.capital.plugins.module_utils import provenance
-from ansible_collections.prestamos.capital.plugins.module_utils.migration import (
+from ansible_collections.prestamos.capital.plugins.module_utils.errors import MigrationError
+from ansible_collections.prestamos.capital.plugins.module_utils.provenance import Found, Key
+from ansible_collections.prestamos.capital.plugins.module_utils.schema_check import foreign_schema
+from ansible_collections.prestamos.capital.plugins.module_utils.sqltext import Statement, Unit
+from ansible_collections.prestamos.capital.plugins.module_utils.unitrunner import (
     APPLICATION_NAME,
-    MigrationError,
     Options,
-    Statement,
-    Unit,
     UnitRunner,
     _PhaseStats,
     advisory_lock,
     duration_ms,
 )
-from ansible_collections.prestamos.capital.plugins.module_utils.provenance import Found, Key
-from ansible_collections.prestamos.capital.plugins.module_utils.schema_check import foreign_schema
 
 EXPORT_PREFIX = "rollback-export-"
 FOREIGN_SCHEMA_STATE = "foreign_schema"

@@ -148,9 +148,9 @@ from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.prestamos.capital.plugins.module_utils.entry import run_module
-from ansible_collections.prestamos.capital.plugins.module_utils.migration import Options
 from ansible_collections.prestamos.capital.plugins.module_utils.pg import connection_argument_spec
 from ansible_collections.prestamos.capital.plugins.module_utils.rollback import Reverter
+from ansible_collections.prestamos.capital.plugins.module_utils.unitrunner import Options
 
 
 def argument_spec() -> dict[str, Any]:
