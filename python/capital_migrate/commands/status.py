@@ -105,7 +105,8 @@ def read_status(ctx: Context) -> dict[str, Any]:
     try:
         conn.set_session(readonly=True, autocommit=False)
         with conn.cursor() as cur:
-            state = utils.migration_state(cur, expected)
+            accepted = utils.accepted_checksums(utils.load_sql_dir(ctx.root / "files" / "sql"))
+            state = utils.migration_state(cur, expected, accepted)
             finding = _foreign_schema(cur) if state == "foreign_schema" else None
             history = _last_history(cur)
         conn.rollback()

@@ -23,9 +23,11 @@ from typing import Any
 from ansible_collections.prestamos.capital.plugins.module_utils import provenance
 from ansible_collections.prestamos.capital.plugins.module_utils.errors import Interrupted, MigrationError
 from ansible_collections.prestamos.capital.plugins.module_utils.sqltext import (
+    ACCEPTED_FILE,
     MAIN_SCRIPT,
     Statement,
     Unit,
+    accepted_checksums,
     load_sql_dir,
     parse_order,
     parse_units,
@@ -46,18 +48,21 @@ from ansible_collections.prestamos.capital.plugins.module_utils.unitrunner impor
 
 # The names other code imports from here (the module, the reverse migration, the CLI, tests, bench).
 __all__ = [
-    "ADVISORY_KEY_SQL", "APPLICATION_NAME", "MAIN_SCRIPT", "RETRYABLE_SQLSTATES", "Interrupted", "MigrationError",
-    "Migrator", "Options", "Statement", "Unit", "UnitRunner", "_PhaseStats", "advisory_lock", "duration_ms",
-    "load_sql_dir", "migration_state", "parse_order", "parse_units", "phase_of", "split_statements",
-    "sql_checksum",
+    "ACCEPTED_FILE", "ADVISORY_KEY_SQL", "APPLICATION_NAME", "MAIN_SCRIPT", "RETRYABLE_SQLSTATES", "Interrupted",
+    "MigrationError", "Migrator", "Options", "Statement", "Unit", "UnitRunner", "_PhaseStats", "accepted_checksums",
+    "advisory_lock", "duration_ms", "load_sql_dir", "migration_state", "parse_order", "parse_units", "phase_of",
+    "split_statements", "sql_checksum",
 ]
 
 _BACKFILL_CALL = re.compile(r"^CALL\s+capital_backfill_run\s*\(", re.IGNORECASE)
 
 
 # -- state ------------------------------------------------------------------------------------------------
-def migration_state(cursor: Any, sha: str) -> str:
+def migration_state(cursor: Any, sha: str, accepted: Mapping[str, frozenset[str]] | None = None) -> str:
     """foreign_schema | not_applied | partial | applied | drifted (docs/design.md "Migration states"); read-only.
+
+    Applied means the last applied history row holds ``sha`` (the SQL files now) or a checksum ``accepted``
+    lists for that row's migration version (an earlier layout of the same files).
 
     foreign_schema first: on the application's ORM-shaped database (domain.md §5) the ORM's own "PrestamoNew"
     or capital columns would otherwise read as a partly applied migration.
@@ -76,11 +81,13 @@ def migration_state(cursor: Any, sha: str) -> str:
         return "not_applied"
     if history:
         cursor.execute(
-            "SELECT sql_sha256 FROM capital_migration_history WHERE outcome = 'applied' ORDER BY id DESC LIMIT 1"
+            "SELECT sql_sha256, version FROM capital_migration_history WHERE outcome = 'applied'"
+            " ORDER BY id DESC LIMIT 1"
         )
         row = cursor.fetchone()
         if row is not None:
-            return "applied" if row[0] == sha else "drifted"
+            same = row[0] == sha or row[0] in (accepted or {}).get(str(row[1]), frozenset())
+            return "applied" if same else "drifted"
     return "partial"
 
 
@@ -107,6 +114,7 @@ class Migrator(UnitRunner):
             raise MigrationError(f"sql lacks the pieces {missing} named by {MAIN_SCRIPT}")
         self.pieces = parsed
         self.sha = sql_checksum([self.sql[MAIN_SCRIPT], *(self.sql[name] for name in parsed)])
+        self.accepted = accepted_checksums(self.sql)
         self.units = {name: parse_units(name, self.sql[name]) for name in parsed}
         try:
             self.inventory = provenance.load_inventory(self.sql.get(provenance.INVENTORY_FILE))
@@ -303,6 +311,7 @@ class Migrator(UnitRunner):
             "batches_rerun": self.batches_rerun,
             "lock_retries": self.lock_retries,
             "run_id": self.run_id,
+            "accepted_sha256": {version: sorted(shas) for version, shas in self.accepted.items()},
             **extra,
         }
 
@@ -315,7 +324,7 @@ class Migrator(UnitRunner):
             return self._run_locked(check_mode)
 
     def _run_locked(self, check_mode: bool) -> dict[str, Any]:
-        state_before = migration_state(self.cur, self.sha)
+        state_before = migration_state(self.cur, self.sha, self.accepted)
         if state_before == "foreign_schema":
             # The application's ORM-shaped database (domain.md §5): refused before anything is read or
             # changed further, in check mode too (preflight reads this refusal as its state check).
@@ -421,7 +430,7 @@ class Migrator(UnitRunner):
             record.statements += 1
             record.attempts += 1
             result["phases"] = [vars(p) | {"seconds": round(p.seconds, 3)} for p in self.phases.values()]
-            result["state_after"] = migration_state(self.cur, self.sha)
+            result["state_after"] = migration_state(self.cur, self.sha, self.accepted)
             return result
         except MigrationError as exc:
             if not self.conn.closed:
@@ -430,7 +439,7 @@ class Migrator(UnitRunner):
                     self._close_history("failed", {"error": exc.msg, **exc.details})
                 except Exception:  # noqa: S110 - the original error matters more
                     pass
-                exc.details.setdefault("state_after", migration_state(self.cur, self.sha))
+                exc.details.setdefault("state_after", migration_state(self.cur, self.sha, self.accepted))
                 exc.details.setdefault("phase_after", self._phase_name())
             exc.details.update(
                 {k: v for k, v in self._result(True, state_before).items() if k not in exc.details}

@@ -10,8 +10,9 @@ returns, like psql. The file name's first digit names the phase: 1x expand, 2x b
 from __future__ import annotations
 
 import hashlib
+import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,9 @@ from ansible_collections.prestamos.capital.plugins.module_utils import provenanc
 from ansible_collections.prestamos.capital.plugins.module_utils.errors import MigrationError
 
 MAIN_SCRIPT = "add_capital_tracking.sql"
+# Checksums of earlier layouts of the same migration version that create exactly the same objects (a pure
+# reorganisation of the files): a database applied with one of them is applied, not drifted.
+ACCEPTED_FILE = "accepted_checksums.json"
 _IR_LINE = re.compile(r"^\\ir\s+(\S+)\s*$", re.MULTILINE)
 
 
@@ -207,10 +211,22 @@ def load_sql_dir(path: str | Path) -> dict[str, str]:
     files = {MAIN_SCRIPT: main}
     for name in parse_order(main):
         files[name] = (root / name).read_text(encoding="utf-8")
-    inventory = root / provenance.INVENTORY_FILE
-    if inventory.is_file():
-        files[provenance.INVENTORY_FILE] = inventory.read_text(encoding="utf-8")
+    for extra in (provenance.INVENTORY_FILE, ACCEPTED_FILE):
+        if (root / extra).is_file():
+            files[extra] = (root / extra).read_text(encoding="utf-8")
     return files
+
+
+def accepted_checksums(files: Mapping[str, str]) -> dict[str, frozenset[str]]:
+    """Migration version -> the checksums of its earlier equivalent layouts (``accepted_checksums.json``)."""
+    text = files.get(ACCEPTED_FILE)
+    if not text:
+        return {}
+    try:
+        doc = json.loads(text)
+        return {str(version): frozenset(str(s) for s in shas) for version, shas in doc["accepted"].items()}
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise MigrationError(f"{ACCEPTED_FILE} is not valid: {exc}") from None
 
 
 def phase_of(name: str) -> str:
