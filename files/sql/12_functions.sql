@@ -332,13 +332,13 @@ $$;
 -- (last_id, the batch's last id, read just before]: rows of earlier batches
 -- are below the range, so the range holds only the triggers' rows, a
 -- handful, read through the unique index and hashed (NOT IN). The inserts then need no ON CONFLICT,
--- whose speculative insertion cost ~28 % of a batch (BENCHMARKS.md, changes
--- 17-18). A trigger that commits its row after the snapshot (an application
+-- whose speculative insertion cost ~28 % of a batch (BENCHMARKS.md, the
+-- rules table). A trigger that commits its row after the snapshot (an application
 -- UPDATE of a row this batch then locks and re-reads) makes the plain insert
 -- fail on the unique index: the batch is then rolled back to its savepoint
 -- and run again with ON CONFLICT DO NOTHING, which skips it. (A NOT EXISTS
 -- anti-join per row was planned as a scan of the whole ledger per batch:
--- quadratic, BENCHMARKS.md change 1; the range read is bounded by the batch.)
+-- quadratic, BENCHMARKS.md; the range read is bounded by the batch.)
 -- Each source batch locks its rows FOR SHARE: an application UPDATE/DELETE of
 -- such a row waits for the batch, and the batch waits for (and re-reads) a row
 -- the application is changing, so trigger and backfill never both write a
