@@ -26,9 +26,10 @@ SECRET = os.environ.get("CAPITAL_MOLECULE_SECRET", "")
 EXPECT_OUTCOME = os.environ.get("CAPITAL_MOLECULE_EXPECT_OUTCOME", "success")
 
 
-def _manifests(host: Any) -> list[dict[str, Any]]:
-    """Every dump manifest in the backup directory, parsed, with its own path added."""
-    found = host.run("find %s -maxdepth 1 -name '*.manifest.json' -type f", BACKUP_DIR)
+def _manifests(host: Any, pattern: str = "*.dump.manifest.json") -> list[dict[str, Any]]:
+    """Every manifest matching ``pattern`` in the backup directory (default: the dumps'), parsed, with its own
+    path added."""
+    found = host.run("find %s -maxdepth 1 -name %s -type f", BACKUP_DIR, pattern)
     assert found.rc == 0, f"cannot list {BACKUP_DIR}: {found.stderr}"
     manifests = []
     for path in sorted(found.stdout.split()):
@@ -78,8 +79,17 @@ def test_every_dump_is_private_and_matches_its_manifest(host: Any) -> None:
             assert listing.split()[0] == manifest["sha256"]
 
 
+def test_every_rollback_export_is_private_and_matches_its_manifest(host: Any) -> None:
+    """The rows a reverse migration dropped (the rollback scenario's automatic rollback exports them)."""
+    for manifest in _manifests(host, "rollback-export-*.manifest.json"):
+        export = host.file(f"{BACKUP_DIR}/{manifest['file']}")
+        assert export.is_file, f"{manifest['_path']} names {manifest['file']}, which is missing"
+        assert export.mode == 0o600 and host.file(manifest["_path"]).mode == 0o600
+        assert export.sha256sum == manifest["sha256"]
+
+
 def test_no_password_in_manifests(host: Any) -> None:
-    for manifest in _manifests(host):
+    for manifest in _manifests(host, "*.manifest.json"):
         leaked = SECRET in host.file(manifest["_path"]).content_string
         assert not leaked, f"the rehearsal password appears in {manifest['_path']}"
 
