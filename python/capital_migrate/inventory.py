@@ -28,10 +28,7 @@ SQL_DIR = ROOT / "files" / "sql"
 
 def _catalog(conn: object) -> dict[provenance.Key, provenance.Found]:
     with conn.cursor() as cur:  # type: ignore[attr-defined]
-        cur.execute("BEGIN")
-        found = provenance.catalog(cur)
-        cur.execute("ROLLBACK")
-    return found
+        return provenance.read_catalog(cur)
 
 
 def build(sql_dir: Path = SQL_DIR) -> str:

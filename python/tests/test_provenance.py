@@ -42,8 +42,7 @@ def catalog(db: Any) -> dict[provenance.Key, provenance.Found]:
     conn = db.connect()
     try:
         with conn.cursor() as cur:
-            cur.execute("BEGIN")
-            return provenance.catalog(cur)
+            return provenance.read_catalog(cur)
     finally:
         conn.close()
 

@@ -203,6 +203,15 @@ def catalog(cursor: Any) -> dict[Key, Found]:
     return out
 
 
+def read_catalog(cursor: Any) -> dict[Key, Found]:
+    """``catalog`` in a read-only transaction of its own (an autocommit connection, outside any unit)."""
+    cursor.execute("BEGIN")
+    try:
+        return catalog(cursor)
+    finally:
+        cursor.execute("ROLLBACK")
+
+
 def load_inventory(text: str | None) -> dict[Key, str]:
     """The inventory file's objects -> the sha256 of the definition the SQL files give each."""
     if not text:

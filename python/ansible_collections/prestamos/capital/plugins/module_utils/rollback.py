@@ -32,7 +32,7 @@ from typing import Any
 from ansible_collections.prestamos.capital.plugins.module_utils import provenance
 from ansible_collections.prestamos.capital.plugins.module_utils.errors import MigrationError
 from ansible_collections.prestamos.capital.plugins.module_utils.provenance import Found, Key
-from ansible_collections.prestamos.capital.plugins.module_utils.schema_check import foreign_schema
+from ansible_collections.prestamos.capital.plugins.module_utils.schema_check import FOREIGN_SCHEMA, foreign_schema
 from ansible_collections.prestamos.capital.plugins.module_utils.sqltext import Statement, Unit
 from ansible_collections.prestamos.capital.plugins.module_utils.unitrunner import (
     APPLICATION_NAME,
@@ -44,7 +44,6 @@ from ansible_collections.prestamos.capital.plugins.module_utils.unitrunner impor
 )
 
 EXPORT_PREFIX = "rollback-export-"
-FOREIGN_SCHEMA_STATE = "foreign_schema"
 
 
 def _ident(name: str) -> str:
@@ -53,11 +52,7 @@ def _ident(name: str) -> str:
 
 def leftovers(cursor: Any, inventory: Mapping[Key, str]) -> list[dict[str, str]]:
     """Objects of the migration's inventory still in the database, by name (tests prove a clean state)."""
-    cursor.execute("BEGIN")
-    try:
-        found = provenance.catalog(cursor)
-    finally:
-        cursor.execute("ROLLBACK")
+    found = provenance.read_catalog(cursor)
     return [{"kind": k.kind, "name": str(k)} for k in sorted(inventory) if k in found]
 
 
@@ -263,18 +258,8 @@ class Reverter(UnitRunner):
                 self._rollback_quietly()
                 raise
 
-        self._timed(work, f"rollback: export and drop {', '.join(tables)}", 2 + len(tables))
-
-    def _timed(self, work: Any, where: str, statements: int) -> None:
-        started = time.monotonic()
-        _result, attempts = self._attempt(work, where)
-        seconds = time.monotonic() - started
-        stats = self._phase("rollback")
-        stats.seconds += seconds
-        stats.statements += statements
-        stats.attempts += attempts
-        self.statement_log.append({"file": "rollback", "line": 0, "statement": where[:120],
-                                   "attempts": attempts, "seconds": round(seconds, 3)})
+        where = f"rollback: export and drop {', '.join(tables)}"
+        self._timed(work, where, "rollback", 2 + len(tables), "rollback", 0, where[:120])
 
     def _export(self, plan: Plan, tables: list[str], counts: dict[str, int]) -> dict[str, Any]:
         """Write every row of ``tables`` to a new 0600 file, re-read and check it, write its manifest."""
@@ -346,7 +331,7 @@ class Reverter(UnitRunner):
                 # The application's ORM-made database (domain.md §5): none of its objects is ours to drop.
                 raise MigrationError(
                     str(finding["message"]),
-                    foreign_schema=True, refused=True, changed=False, state_before=FOREIGN_SCHEMA_STATE,
+                    foreign_schema=True, refused=True, changed=False, state_before=FOREIGN_SCHEMA,
                     found=finding.get("found", []), next_step=finding.get("next_step", ""),
                 )
             plan = self.plan()
@@ -412,7 +397,8 @@ class Reverter(UnitRunner):
                 provenance.begin_record(self.cur, self.inventory, plan.survey, self.run_id)
                 self.cur.execute("COMMIT")
 
-            self._timed(adopt, "rollback: adopt the objects that match the SQL files", 1)
+            where = "rollback: adopt the objects that match the SQL files"
+            self._timed(adopt, where, "rollback", 1, "rollback", 0, where)
             plan = self.plan()  # the record now holds them, and itself
         first, last = self._steps(plan)
         for unit in first:

@@ -231,20 +231,19 @@ class UnitRunner:
                     self.cur.execute("RESET lock_timeout")
             self._after_autocommit()
 
+        self._timed(work, f"{unit.file}:{unit.line} ({unit.summary})", self._phase_for(unit.file),
+                    len(unit.statements), unit.file, unit.line, unit.summary)
+
+    def _timed(self, work: Callable[[], Any], where: str, phase: str, statements: int, file: str, line: int,
+               summary: str) -> None:
+        """Run ``work`` as one retried attempt (``_attempt``) and count it: phase timings, the statement log."""
         started = time.monotonic()
-        where = f"{unit.file}:{unit.line} ({unit.summary})"
         _result, attempts = self._attempt(work, where)
         seconds = time.monotonic() - started
-        stats = self._phase(self._phase_for(unit.file))
+        stats = self._phase(phase)
         stats.seconds += seconds
-        stats.statements += len(unit.statements)
+        stats.statements += statements
         stats.attempts += attempts
         self.statement_log.append(
-            {
-                "file": unit.file,
-                "line": unit.line,
-                "statement": unit.summary,
-                "attempts": attempts,
-                "seconds": round(seconds, 3),
-            }
+            {"file": file, "line": line, "statement": summary, "attempts": attempts, "seconds": round(seconds, 3)}
         )
