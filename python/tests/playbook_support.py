@@ -67,9 +67,9 @@ def playbook_env(base: Mapping[str, str], **extra: str) -> dict[str, str]:
 
 
 def run_playbook(playbook: str, env: Mapping[str, str], extravars: Mapping[str, Any] | None = None,
-                 args: Sequence[str] = (), timeout: int = 600) -> PlaybookRun:
-    """ansible-playbook <playbook> -i inventories/local, from the repository root, like an operator."""
-    argv = [ANSIBLE_PLAYBOOK, "-i", str(ROOT / "inventories" / "local"), playbook, *args]
+                 args: Sequence[str] = (), timeout: int = 600, inventory: Path | None = None) -> PlaybookRun:
+    """ansible-playbook <playbook> -i inventories/local (or ``inventory``), from the repository root."""
+    argv = [ANSIBLE_PLAYBOOK, "-i", str(inventory or ROOT / "inventories" / "local"), playbook, *args]
     if extravars:
         argv += ["-e", json.dumps(dict(extravars))]
     done = subprocess.run(argv, cwd=ROOT, env=dict(env), capture_output=True, text=True, timeout=timeout,

@@ -8,7 +8,10 @@ login role has it, so a run that did not pass it on could not connect. A fragmen
 
 from __future__ import annotations
 
+import json
 import secrets
+import subprocess
+import sys
 import threading
 import urllib.parse
 from collections.abc import Iterator
@@ -149,3 +152,72 @@ def test_a_password_with_template_braces_in_the_inventory_is_refused_by_the_cli_
     assert done.code == 2, done.stdout + done.stderr
     assert "!unsafe" in done.stderr
     assert leaks(password, {"stdout": done.stdout.encode(), "stderr": done.stderr.encode()}) == []
+
+
+def operator_inventory(root: Path, pg_db: Database, role: str, vault_line: str) -> tuple[Path, Path]:
+    """An inventory laid out like inventories/<env>: the password named from an encrypted vault file, as
+    group_vars/all/main.yml does; returns (inventory, vault password file)."""
+    cluster = pg_db.cluster
+    (root / "group_vars" / "all").mkdir(parents=True)
+    (root / "hosts.yml").write_text(
+        "all:\n  hosts:\n    localhost:\n      ansible_connection: local\n"
+        "      ansible_python_interpreter: \"{{ ansible_playbook_python }}\"\n")
+    (root / "group_vars" / "all" / "main.yml").write_text(
+        f"capital_env: scan\ncapital_db_host: {cluster.host}\ncapital_db_port: {cluster.port}\n"
+        f"capital_db_name: {pg_db.name}\ncapital_db_user: {role}\n"
+        "capital_db_password: \"{{ vault_capital_db_password | default('') }}\"\n")
+    vault, secret = root / "group_vars" / "all" / "vault.yml", root.parent / "vault-pass"
+    vault.write_text(vault_line + "\n")
+    secret.write_text("scan-vault-key\n")
+    encrypted = subprocess.run([str(Path(sys.executable).parent / "ansible-vault"), "encrypt",
+                                "--vault-password-file", str(secret), str(vault)],
+                               capture_output=True, text=True, check=False)
+    assert encrypted.returncode == 0, encrypted.stderr
+    return root, secret
+
+
+@pytest.mark.parametrize("where", ["vault", "plain group_vars"])
+def test_ansible_playbook_refuses_a_password_it_would_template_without_printing_a_fragment(
+    pg_db: Database, hostile_login: tuple[str, str], tmp_path: Path, where: str
+) -> None:
+    """Not marked !unsafe, a `{{` in the password is a template to Ansible, and a failed template prints the
+    source line. The connection gate reads the value untemplated and refuses it, naming the fix; nothing is
+    written and nothing of the password is printed or reported."""
+    role, password = hostile_login
+    inventory, secret = operator_inventory(tmp_path / "inventory", pg_db, role,
+                                           f"vault_capital_db_password: {json.dumps(password)}")
+    if where == "plain group_vars":
+        (inventory / "group_vars" / "all" / "main.yml").write_text(
+            (inventory / "group_vars" / "all" / "main.yml").read_text().replace(
+                "\"{{ vault_capital_db_password | default('') }}\"", json.dumps(password)))
+    env = playbook_env({k: v for k, v in pg_db.env.items() if k not in ("PGPASSWORD", "PGUSER")})
+    dirs = {"capital_backup_dir": str(tmp_path / "backups"), "capital_report_dir": str(tmp_path / "reports")}
+
+    done = run_playbook("playbooks/migrate.yml", env, dirs, inventory=inventory,
+                        args=["--vault-password-file", str(secret), "-v"])
+
+    assert done.rc != 0
+    assert "Mark the value !unsafe" in done.output
+    assert done.stats["capital_report"]["run"]["bad_input"] is True
+    assert not (tmp_path / "backups").exists()
+    assert leaks(password, {"output": done.output.encode(), **written_under(tmp_path / "reports")}) == []
+
+
+def test_a_password_marked_unsafe_in_an_encrypted_vault_logs_in_through_ansible_playbook(
+    pg_db: Database, hostile_login: tuple[str, str], tmp_path: Path
+) -> None:
+    """vault.yml.example's way: `!unsafe` in the vault, named from group_vars. The role has only this password
+    (no PGPASSWORD), so the run could not log in without it; nothing of it is printed or written."""
+    role, password = hostile_login
+    inventory, secret = operator_inventory(tmp_path / "inventory", pg_db, role,
+                                           f"vault_capital_db_password: !unsafe {json.dumps(password)}")
+    env = playbook_env({k: v for k, v in pg_db.env.items() if k not in ("PGPASSWORD", "PGUSER")})
+    dirs = {"capital_backup_dir": str(tmp_path / "backups"), "capital_report_dir": str(tmp_path / "reports")}
+
+    done = run_playbook("playbooks/migrate.yml", env, dirs, inventory=inventory,
+                        args=["--vault-password-file", str(secret), "-v"])
+
+    assert done.rc == 0, done.output[-3000:]
+    assert done.stats["capital_report"]["run"]["outcome"] == "success"
+    assert leaks(password, {"output": done.output.encode(),
+                            **written_under(tmp_path / "backups", tmp_path / "reports")}) == []

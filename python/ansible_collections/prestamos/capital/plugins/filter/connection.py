@@ -12,17 +12,43 @@ from ansible_collections.prestamos.capital.plugins.module_utils.inputs import (
     input_errors,
     report_dir_problem,
 )
+from jinja2 import Undefined
 
 LIBPQ_ENV = ("PGHOST", "PGPORT", "PGUSER", "PGPASSWORD", "PGDATABASE", "PGSSLMODE")
 _VARIABLES = ("capital_db_host", "capital_db_port", "capital_db_user", "capital_db_password", "capital_db_name",
               "capital_db_sslmode")
+CREDENTIAL_VARIABLE = "capital_db_password"
+UNTEMPLATABLE_CREDENTIAL = (
+    "capital_db_password cannot be read: Ansible takes the `{{` or `{%` in it (or in the vault value it names) "
+    "for a template, and would print the line that holds it. Mark the value !unsafe where it is set "
+    "(see inventories/*/group_vars/all/vault.yml.example), or give it as DATABASE_URL or in a pgpass file")
+
+
+def _password(host_vars: Mapping[str, Any] | None) -> Any:
+    """The host's capital_db_password, read without tripping a template error.
+
+    Ansible templates the value when it is read and, when that fails, prints the source line that holds it.
+    Read from the host's variables here, a failed template is a marker (a jinja2 Undefined) that is never
+    rendered, so the refusal quotes nothing of it.
+    """
+    value = host_vars.get(CREDENTIAL_VARIABLE) if host_vars is not None else None
+    if isinstance(value, Undefined):
+        raise AnsibleFilterError(UNTEMPLATABLE_CREDENTIAL)
+    return value
 
 
 def capital_conn(variables: Mapping[str, Any], database_url: str = "",
-                 environ: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """capital_conn {host, port, user, password, dbname, sslmode} from capital_db_*, DATABASE_URL, PG*."""
+                 environ: Mapping[str, str] | None = None,
+                 host_vars: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """capital_conn {host, port, user, password, dbname, sslmode} from capital_db_*, DATABASE_URL, PG*.
+
+    The password is read from host_vars (the host's variables) when given, never from a templated copy.
+    """
+    given = {k: variables.get(k) for k in _VARIABLES}
+    if host_vars is not None:
+        given[CREDENTIAL_VARIABLE] = _password(host_vars)
     try:
-        parts = resolve({k: variables.get(k) for k in _VARIABLES}, database_url or None,
+        parts = resolve(given, database_url or None,
                         {k: v for k, v in (environ or {}).items() if v})
     except DatabaseUrlError as exc:  # its message holds nothing of the URL after the user name
         raise AnsibleFilterError(str(exc)) from None
@@ -34,8 +60,9 @@ def capital_conn(variables: Mapping[str, Any], database_url: str = "",
 def capital_input_errors(values: Mapping[str, Any], database_url: str = "",
                          environ: Mapping[str, str] | None = None, report_dir: str = "") -> list[str]:
     """Every problem of the run's inputs (module_utils/inputs.py), the report directory's last."""
-    known = {name: values[name] for name in (*RULES, *_VARIABLES) if name in values and name != "capital_db_password"}
-    errors = input_errors(known, database_url, {k: v for k, v in (environ or {}).items() if v})
+    known = {name: values[name] for name in (*RULES, *_VARIABLES) if name in values and name != CREDENTIAL_VARIABLE}
+    unreadable = [UNTEMPLATABLE_CREDENTIAL] if isinstance(values.get(CREDENTIAL_VARIABLE), Undefined) else []
+    errors = unreadable + input_errors(known, database_url, {k: v for k, v in (environ or {}).items() if v})
     problem = report_dir_problem(report_dir) if isinstance(report_dir, str) else None
     return [*errors, *([problem] if problem else [])]
 
