@@ -157,16 +157,23 @@ def test_a_plain_dump_is_read_like_psql_reads_it() -> None:
 
 # ------------------------------------------------------------- the run-wide variables, walked (one run)
 
+# Every documented variable: the run-wide spec and every role's own, stage-only variables included (a stage
+# role checks its spec only when it starts, after the stages before it have run).
 SPECS = [
-    yaml.safe_load((ROOT / "roles" / "connection" / "meta" / "argument_specs.yml").read_text())
-    ["argument_specs"]["main"]["options"],
+    *(yaml.safe_load((ROOT / "roles" / role / "meta" / "argument_specs.yml").read_text())
+      ["argument_specs"]["main"].get("options", {})
+      for role in ("connection", "preflight", "backup", "migrate", "verify", "rollback")),
     yaml.safe_load((ROOT / "playbooks" / "vars" / "run_argument_spec.yml").read_text())["argument_spec"],
 ]
-# Taken literally (libpq receives them as parameters, never through a shell); refused with a control character.
-FREE_TEXT = {"capital_db_host", "capital_db_user", "capital_db_name"}
+# Taken literally (libpq receives them as parameters, never through a shell; a reason is recorded as text);
+# refused with a control character.
+FREE_TEXT = {"capital_db_host", "capital_db_user", "capital_db_name", "capital_rollback_restore_from_database",
+             "capital_rollback_reason"}
 # Play-level or secret: not a per-host value (the password is walked by the hostile-URL tests below).
 NOT_WALKED = {"capital_target_hosts", "capital_db_password"}
-EMPTY_MEANS_UNSET = {"capital_db_host", "capital_db_user", "capital_db_name", "capital_db_port", "capital_db_sslmode"}
+EMPTY_MEANS_UNSET = {"capital_db_host", "capital_db_user", "capital_db_name", "capital_db_port", "capital_db_sslmode",
+                     "capital_migration_sql_sha256", "capital_rollback_backup_file",
+                     "capital_rollback_restore_from_database", "capital_rollback_reason"}
 
 
 def _wrong_values(marker: Path) -> list[Any]:
@@ -175,7 +182,7 @@ def _wrong_values(marker: Path) -> list[Any]:
 
 
 def _walk_cases(marker: Path) -> list[tuple[str, Any, bool]]:
-    """(variable, value, refused?) for every documented run-wide variable and every wrong value."""
+    """(variable, value, refused?) for every documented variable of every stage and every wrong value."""
     cases: list[tuple[str, Any, bool]] = []
     names = sorted({name for spec in SPECS for name in spec} - NOT_WALKED)
     for name in names:
@@ -192,7 +199,7 @@ def _walk_cases(marker: Path) -> list[tuple[str, Any, bool]]:
     return cases
 
 
-def test_every_run_wide_variable_with_wrong_values_is_refused_before_anything(tmp_path: Path) -> None:
+def test_every_documented_variable_with_wrong_values_is_refused_before_anything(tmp_path: Path) -> None:
     marker = tmp_path / "shell-ran"
     cases = _walk_cases(marker)
     hosts = {"good": {"ansible_connection": "local"}}

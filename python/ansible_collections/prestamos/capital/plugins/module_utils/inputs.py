@@ -29,6 +29,12 @@ _UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "min": 60_000.0, "h": 3_600_000
 _INT_MAX = 2_147_483_647
 # Becomes part of backup and report file names: letters, digits, dot, dash and underscore only.
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+# PostgreSQL's memory units (guc.c, memory_unit_conversion_table): case-sensitive; no unit means kB for work_mem.
+_MEMORY_RE = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(B|kB|MB|GB|TB)?\s*")
+_UNIT_KB = {"B": 1 / 1024, "kB": 1.0, "MB": 1024.0, "GB": 1024.0**2, "TB": 1024.0**3}
+_SHA256_RE = re.compile(r"[0-9a-f]{64}")
+# A program to run: an absolute path, or a bare name looked up on PATH (never an option, never shell text).
+_PROGRAM_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.+-]{0,254}")
 DURATION_FORM = "a PostgreSQL duration such as 500ms, 2s, 1min or 1h (units us, ms, s, min, h, d)"
 
 
@@ -97,6 +103,48 @@ def duration(minimum_ms: float) -> Rule:
     return Rule(check)
 
 
+def memory_kb(value: Any) -> float | None:
+    """Kilobytes of a PostgreSQL memory setting (`work_mem = '64MB'`), or None if PostgreSQL refuses its form."""
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        return None
+    match = _MEMORY_RE.fullmatch(str(value))
+    return float(match.group(1)) * _UNIT_KB[match.group(2) or "kB"] if match else None
+
+
+def memory(minimum_kb: int, maximum_kb: int = _INT_MAX) -> Rule:
+    def check(value: Any) -> str | None:
+        kb = memory_kb(value)
+        if kb is not None and minimum_kb <= kb <= maximum_kb:
+            return None
+        return f"a PostgreSQL memory size such as 64MB or 1GB (units B, kB, MB, GB, TB), {minimum_kb}kB or more"
+
+    return Rule(check)
+
+
+def _optional(rule: Callable[[Any], str | None]) -> Rule:
+    """The rule, or empty for "not set"."""
+    def check(value: Any) -> str | None:
+        expected = None if value is None or value == "" else rule(value)
+        return None if expected is None else expected + " (or empty)"
+
+    return Rule(check)
+
+
+def _sha256(value: Any) -> str | None:
+    return None if isinstance(value, str) and _SHA256_RE.fullmatch(value) else "a sha256 of 64 lower-case hex digits"
+
+
+def _program(value: Any) -> str | None:
+    if isinstance(value, str) and (_absolute_path(value) is None or _PROGRAM_RE.fullmatch(value)):
+        return None
+    return "a program: an absolute path, or a name on PATH starting with a letter (letters, digits, '.', '_', '+', '-')"
+
+
+def _version(value: Any) -> str | None:
+    return None if isinstance(value, str | int) and re.fullmatch(r"[1-9]\d{0,5}", str(value)) \
+        else "a migration version, a whole number such as 1"
+
+
 def _absolute_path(value: Any) -> str | None:
     if isinstance(value, str) and value.startswith("/") and not _control(value):
         return None
@@ -150,6 +198,16 @@ RULES: dict[str, Rule] = {
     "capital_max_xact_age": integer(0, 86_400 * 365),
     "capital_verify_max_discrepancies": integer(0, 1_000_000),
     "capital_preflight_guide_query_max_rows": integer(0, 10**15),
+    # Read by one stage only (its role checks the type when it starts; these are checked before anything).
+    "capital_backup_free_bytes_override": integer(0, 2**62),
+    "capital_preflight_work_mem": memory(64),
+    "capital_migration_sql_sha256": _optional(_sha256),
+    "capital_migration_version": Rule(_version),
+    "capital_verify_sql_file": Rule(_absolute_path),
+    "capital_verify_psql": Rule(_program),
+    "capital_rollback_backup_file": _optional(_absolute_path),
+    "capital_rollback_restore_from_database": Rule(_text),
+    "capital_rollback_reason": Rule(_text),
 }
 _CONNECTION = ("capital_db_host", "capital_db_port", "capital_db_user", "capital_db_name", "capital_db_sslmode")
 
