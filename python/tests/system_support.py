@@ -1,8 +1,11 @@
-"""Real system fixtures shared by tests: a login role with a chosen password, a tmpfs of a chosen size."""
+"""Real system fixtures shared by tests: a login role with a chosen password, a tmpfs of a chosen size, and
+the password built to break parsers that the secret scans look for."""
 
 from __future__ import annotations
 
+import json
 import os
+import secrets
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -11,6 +14,20 @@ from typing import Any
 
 import pytest
 from psycopg2 import sql
+
+
+def hostile_password(prefix: str = "Pw") -> str:
+    """A password holding every character that breaks a parser (``/ # ? @ : %``, ``{{ {%``, quotes, a
+    backslash, unicode) and a random tail of letters data and logs hardly hold (hex would: uuids, digests)."""
+    tail = "".join(secrets.choice("QXZJKVW") for _ in range(10))
+    return f"{prefix}/#?@:%{{{{ x }}}}{{% y %}}'\"\\é漢-{tail}"
+
+
+def fragments(password: str) -> set[bytes]:
+    """Every 4-character piece of the password, as UTF-8 and as JSON writes it (escaped, ASCII or not)."""
+    pieces = {password[i:i + 4] for i in range(len(password) - 3)}
+    return {form.encode() for piece in pieces
+            for form in (piece, json.dumps(piece)[1:-1], json.dumps(piece, ensure_ascii=False)[1:-1])}
 
 
 @contextmanager

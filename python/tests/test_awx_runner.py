@@ -33,7 +33,7 @@ import pytest
 from awx_support import REPO
 from capital_migrate import datagen
 from capital_migrate.pgtmp import Database, clean_environ
-from system_support import login_role
+from system_support import fragments, hostile_password, login_role
 from test_awx_config import render_injectors
 
 BIN = Path(sys.executable).parent
@@ -174,8 +174,8 @@ def build_private_data_dir(
 def awx_job(request: pytest.FixtureRequest, pg_db: Database, tmp_path: Path) -> Iterator[AwxJob]:
     """A loaded baseline database, a login role with a distinctive password, and an AWX-shaped dir."""
     role = f"capital_awx_{secrets.token_hex(4)}"
-    # ':' and '\' exercise the pgpass escaping of the credential type.
-    password = f"Awx:{secrets.token_hex(12)}\\Pw"
+    # Built to break parsers; its ':' and '\' exercise the pgpass escaping of the credential type.
+    password = hostile_password("Awx")
     conn = pg_db.connect()
     try:
         datagen.generate(conn, seed=11, juntas=6)
@@ -226,15 +226,10 @@ def _files_under(path: Path) -> list[Path]:
     return [p for p in sorted(path.rglob("*")) if p.is_file()]
 
 
-def _password_needles(password: str) -> list[bytes]:
-    """The password as it could appear: raw, JSON-escaped (its backslash doubles), and its random core."""
-    core = max(password.replace("\\", ":").split(":"), key=len)
-    return [password.encode(), json.dumps(password)[1:-1].encode(), core.encode()]
-
-
 def _assert_no_password(job: AwxJob, paths: list[Path]) -> None:
-    needles = _password_needles(job.password)
-    leaked = [str(p) for p in paths if any(n in p.read_bytes() for n in needles)]
+    """No 4-character fragment of the password, raw or JSON-escaped, in any of the files."""
+    needles = fragments(job.password)
+    leaked = sorted({f"{p}: {n!r}" for p in paths for n in needles if n in p.read_bytes()})
     assert not leaked, f"the database password appears in: {leaked}"
 
 

@@ -1,9 +1,9 @@
 """No fragment of a password anywhere a run writes (issue 17): output, reports, manifests, exports, kept runner
 artifacts, temporary files, and the process list while it runs, through ansible-playbook and the CLI.
 
-The password is built to break parsers (``/ # ? @ : %``, ``{{ {%``, quotes, unicode) and is really used: the
-login role has it, so a run that did not pass it on could not connect. A fragment is any 4 characters of it.
-(The AWX-style runner has its own scan: test_awx_runner.)
+The password is built to break parsers (``/ # ? @ : %``, ``{{ {%``, quotes, a backslash, unicode) and is really
+used: the login role has it, so a run that did not pass it on could not connect. A fragment is any 4 characters
+of it, raw or JSON-escaped. (The AWX-style runner has its own scan with the same password: test_awx_runner.)
 """
 
 from __future__ import annotations
@@ -23,12 +23,7 @@ from capital_migrate.pgtmp import Database
 from cli_support import base_env, run_cli
 from migration_helpers import seed_db
 from playbook_support import playbook_env, run_playbook
-from system_support import login_role
-
-
-def fragments(password: str) -> set[bytes]:
-    """Every 4-character piece of the password, as UTF-8."""
-    return {password[i:i + 4].encode() for i in range(len(password) - 3)}
+from system_support import fragments, hostile_password, login_role
 
 
 class ProcessWatch:
@@ -62,9 +57,7 @@ class ProcessWatch:
 def hostile_login(pg_db: Database) -> Iterator[tuple[str, str]]:
     """A login role whose password holds every character that breaks a parser; yields (role, password)."""
     role = f"capital_scan_{secrets.token_hex(4)}"
-    # The random part uses letters data and logs hardly hold (hex would: uuids, digests).
-    tail = "".join(secrets.choice("QXZJKVW") for _ in range(10))
-    password = f"Pw/#?@:%{{{{ x }}}}{{% y %}}'\"é漢-{tail}"
+    password = hostile_password()
     seed_db(pg_db, juntas=2)
     with login_role(pg_db, role, password):
         yield role, password
