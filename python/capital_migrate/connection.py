@@ -21,19 +21,14 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from capital_migrate.errors import OperatorError
-
-# The project's collection sits beside this package (python/ansible_collections/prestamos/capital); its
-# module_utils hold the one URL parser and pgpass writer and the input rules, shared with the roles. Put
-# python/ on the path (last, shadowing nothing) so the installed CLI imports them as Ansible does.
-_COLLECTIONS_PARENT = str(Path(__file__).resolve().parents[1])
-if _COLLECTIONS_PARENT not in sys.path:
-    sys.path.append(_COLLECTIONS_PARENT)
-
-from ansible_collections.prestamos.capital.plugins.module_utils import dburl  # noqa: E402 - needs the path above
-from ansible_collections.prestamos.capital.plugins.module_utils.inputs import (  # noqa: E402 - same
+# The one URL parser and pgpass writer and the input rules, shared with the roles (capital_migrate/__init__.py
+# puts the collection on the path).
+from ansible_collections.prestamos.capital.plugins.module_utils import dburl
+from ansible_collections.prestamos.capital.plugins.module_utils.inputs import (
     report_dir_problem as report_dir_problem,
 )
+
+from capital_migrate.errors import OperatorError
 
 # Variables that carry a secret; removed from the environment ansible-playbook inherits.
 SECRET_ENV = ("PGPASSWORD", "DATABASE_URL")

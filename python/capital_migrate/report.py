@@ -2,40 +2,19 @@
 
 The rendering and redaction code lives once, in the collection
 (`prestamos.capital` plugin_utils/report.py), because the callback must work without this CLI (AWX, plain
-ansible-playbook). This module loads that file by path so both render a report identically.
+ansible-playbook). This module imports it by its collection name so both render a report identically.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
+
+from ansible_collections.prestamos.capital.plugins.plugin_utils import report as _core
 
 from capital_migrate.errors import OperatorError
 
-_CORE_PATH = (
-    Path(__file__).resolve().parents[1]
-    / "ansible_collections" / "prestamos" / "capital" / "plugins" / "plugin_utils" / "report.py"
-)
-
-
-def _load_core() -> ModuleType:
-    name = "capital_migrate._report_core"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, _CORE_PATH)
-    if spec is None or spec.loader is None:  # pragma: no cover - the file ships with the package
-        raise ImportError(f"cannot load the report renderer from {_CORE_PATH}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-_core = _load_core()
 REDACTED: str = _core.REDACTED
 redact = _core.redact
 redact_text = _core.redact_text
@@ -46,6 +25,8 @@ stage_of = _core.stage_of
 backup_info = _core.backup_info
 capital_rows = _core.capital_rows
 checks = _core.checks
+SECRET_KEY_RE = _core.SECRET_KEY_RE
+pgpass_passwords = _core.pgpass_passwords
 
 
 def load(path: Path) -> dict[str, Any]:

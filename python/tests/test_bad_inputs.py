@@ -103,7 +103,7 @@ def test_one_pgpass_writer_for_module_and_cli(password: str, tmp_path: Path) -> 
     with pgpass_file(DbTarget(password=password)) as path:
         assert path is not None
         assert path.read_text(encoding="utf-8") == dburl.pgpass_line(password)
-        assert report_mod._core.pgpass_passwords(str(path)) == [password]
+        assert report_mod.pgpass_passwords(str(path)) == [password]
     with pytest.raises(ValueError, match="line break"):
         dburl.pgpass_line("two\nlines")
 

@@ -101,7 +101,7 @@ def parse_extravars(items: list[str] | None) -> dict[str, Any]:
             raise OperatorError(f"-e {item!r}: expected key=value or @file (a YAML/JSON file of variables)")
         merged[key.strip()] = value
     for key in merged:
-        if report_mod._core.SECRET_KEY_RE.search(str(key)):
+        if report_mod.SECRET_KEY_RE.search(str(key)):
             raise OperatorError(
                 f"-e {key}: secrets are not accepted as variables (they would be on the command line and in "
                 "ansible-runner's files); use --database-url (prompt), --database-url-env VAR, PGPASSFILE, "

@@ -8,11 +8,11 @@ database that is not the guide's at all (foreign_schema: the application's ORM-s
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
+
+from ansible_collections.prestamos.capital.plugins.module_utils import migration as utils
+from ansible_collections.prestamos.capital.plugins.module_utils.schema_check import foreign_schema
 
 from capital_migrate import report as report_mod
 from capital_migrate.commands._common import Context, build_context, default_report_dir, emit_json, result_document
@@ -23,32 +23,7 @@ from capital_migrate.exitcodes import DESCRIPTIONS, ExitCode
 STATE_CODES = {"drifted": ExitCode.DRIFT, "foreign_schema": ExitCode.PREFLIGHT_REFUSED}
 
 
-def _migration_utils(root: Path) -> ModuleType:
-    """Load module_utils/migration.py by path (it has no Ansible imports at module level).
-
-    It imports its sibling module_utils (schema_check, ...) by their collection path, as Ansible ships them
-    with a module: the checkout's python/ directory goes on sys.path so ``ansible_collections.prestamos``
-    resolves to this checkout's collection.
-    """
-    path = root / "python" / "ansible_collections" / "prestamos" / "capital" / "plugins" / "module_utils"
-    path = path / "migration.py"
-    name = "capital_migrate._migration_utils"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None or not path.is_file():
-        raise OperatorError(f"{path} is missing from this checkout; status cannot judge the migration state",
-                            ExitCode.FAILURE)
-    collections_root = str(root / "python")
-    if collections_root not in sys.path:
-        sys.path.append(collections_root)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def _expected_sha(utils: ModuleType, root: Path) -> str:
+def _expected_sha(root: Path) -> str:
     """Checksum of the migration SQL in this checkout, computed exactly as the migrate module does."""
     try:
         texts = utils.load_sql_dir(root / "files" / "sql")
@@ -95,8 +70,7 @@ def read_status(ctx: Context) -> dict[str, Any]:
     """Query the database (read-only transaction) and the report dir; nothing is changed."""
     import psycopg2
 
-    utils = _migration_utils(ctx.root)
-    expected = _expected_sha(utils, ctx.root)
+    expected = _expected_sha(ctx.root)
     try:
         conn = psycopg2.connect(connect_timeout=10, **ctx.target.connect_kwargs())
     except psycopg2.Error as exc:
@@ -107,14 +81,11 @@ def read_status(ctx: Context) -> dict[str, Any]:
         with conn.cursor() as cur:
             accepted = utils.accepted_checksums(utils.load_sql_dir(ctx.root / "files" / "sql"))
             state = utils.migration_state(cur, expected, accepted)
-            finding = _foreign_schema(cur) if state == "foreign_schema" else None
+            finding = foreign_schema(cur) if state == "foreign_schema" else None
             history = _last_history(cur)
         conn.rollback()
     finally:
         conn.close()
-    state_name = state if isinstance(state, str) else str(state.get("state") if isinstance(state, dict) else state)
-    if finding is not None:
-        state = finding
     latest = report_mod.latest(default_report_dir(ctx))
     last_report = None
     if latest is not None:
@@ -125,21 +96,14 @@ def read_status(ctx: Context) -> dict[str, Any]:
         except OperatorError:
             last_report = {"path": str(latest)}
     return {
-        "state": state_name,
-        "detail": state if isinstance(state, dict) else {},
+        "state": state,
+        "detail": finding or {},
         "expected_sql_sha256": expected,
         "last_history": history,
         "last_report": last_report,
         "database": ctx.target.describe(),
-        "next_step": str(finding["next_step"]) if finding is not None else NEXT_STEPS.get(state_name, ""),
+        "next_step": str(finding["next_step"]) if finding is not None else NEXT_STEPS.get(state, ""),
     }
-
-
-def _foreign_schema(cur: Any) -> dict[str, Any] | None:
-    """The detector's finding (found, expected, message, next_step), through the module migration.py uses."""
-    from ansible_collections.prestamos.capital.plugins.module_utils.schema_check import foreign_schema
-
-    return foreign_schema(cur)
 
 
 def run_status(args: argparse.Namespace) -> int:
