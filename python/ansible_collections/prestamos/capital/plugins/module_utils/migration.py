@@ -22,6 +22,7 @@ from typing import Any
 
 from ansible_collections.prestamos.capital.plugins.module_utils import provenance
 from ansible_collections.prestamos.capital.plugins.module_utils.errors import Interrupted, MigrationError
+from ansible_collections.prestamos.capital.plugins.module_utils.schema_check import FOREIGN_SCHEMA, foreign_schema
 from ansible_collections.prestamos.capital.plugins.module_utils.sqltext import (
     ACCEPTED_FILE,
     MAIN_SCRIPT,
@@ -67,9 +68,6 @@ def migration_state(cursor: Any, sha: str, accepted: Mapping[str, frozenset[str]
     foreign_schema first: on the application's ORM-shaped database (domain.md §5) the ORM's own "PrestamoNew"
     or capital columns would otherwise read as a partly applied migration.
     """
-    # Imported here, not at the top: the CLI loads this file by path (capital_migrate/commands/status.py).
-    from ansible_collections.prestamos.capital.plugins.module_utils.schema_check import FOREIGN_SCHEMA, foreign_schema
-
     if foreign_schema(cursor) is not None:
         return FOREIGN_SCHEMA
     cursor.execute(

@@ -7,8 +7,8 @@ ORM's bookkeeping table ``_prisma_migrations`` and, later in its history, its ow
 migration there cannot work, and its triggers would count every capital write of the application twice.
 
 One detector for every caller: ``migration_state()`` (so the capital_migrate module, preflight and
-``capital-migrate status`` agree), the CLI (which loads module_utils by path) and the tests. Plain, typed
-Python without Ansible imports; ``read_facts`` takes any DB-API cursor (psycopg2) and only reads the
+``capital-migrate status`` agree), the CLI (importing module_utils by their collection name) and the tests.
+Plain typed Python without Ansible imports; ``read_facts`` takes any DB-API cursor (psycopg2) and only reads the
 catalog; ``judge`` is pure. Only positive evidence of the ORM's shape counts: a database that merely lacks
 legacy tables is not foreign (preflight's legacy_tables_present check names what is missing).
 """

@@ -1,7 +1,7 @@
 """The run report: redaction and rendering, shared by the callback and the CLI.
 
 Plain Python (no Ansible imports) so the callback `prestamos.capital.capital_report` and
-`capital-migrate report` render the same report the same way; the CLI loads this file by path.
+`capital-migrate report` render the same report the same way; the CLI imports it by its collection name.
 """
 
 from __future__ import annotations
