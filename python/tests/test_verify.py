@@ -360,6 +360,13 @@ def test_verify_sql_fails_naming_the_check(scratch: Database, breakage: str, nam
 # --- the guide's queries and the whole verify playbook -------------------------------------------------
 
 
+def test_the_verify_role_runs_the_guides_queries_character_for_character() -> None:
+    guide = REPO / "files" / "sql" / "guide"
+    assert (guide / "capital_consistency.sql").read_text(encoding="utf-8").strip() == GUIDE_CAPITAL_QUERY.strip()
+    assert (guide / "unvalidated_constraints.sql").read_text(encoding="utf-8").strip() == \
+        GUIDE_CONSTRAINTS_QUERY.strip()
+
+
 def test_guide_verification_queries_return_nothing(migrated: Database) -> None:
     assert guide_rows(migrated, GUIDE_CAPITAL_QUERY) == []
     assert guide_rows(migrated, GUIDE_CONSTRAINTS_QUERY) == []

@@ -1,0 +1,91 @@
+"""Named read-only probes (module_utils/probe.py, module capital_probe) on a real cluster: results by name,
+one snapshot for all of them, nothing written, a refused probe named, exact numbers."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+from ansible_collections.prestamos.capital.plugins.module_utils.probe import ProbeError, run_probes
+from capital_migrate.pgtmp import Database
+from migration_helpers import seed_db
+
+ROOT = Path(__file__).resolve().parents[2]
+PROBES = ROOT / "files" / "sql" / "probes"
+
+
+def _probe_files(*names: str) -> dict[str, str]:
+    return {name: (PROBES / f"{name}.sql").read_text(encoding="utf-8") for name in names}
+
+
+def test_results_come_back_by_name_with_exact_numbers(pg_db: Database) -> None:
+    conn = pg_db.connect()
+    try:
+        results = run_probes(conn, {
+            "money": "SELECT 0.1::numeric + 0.2::numeric AS cents, now() AS at",
+            "none": "SELECT 1 AS x WHERE false",
+            "echo": "SELECT %(tables)s AS tables, 7 %% 2 AS odd",
+            "literal": "SELECT 7 % 2 AS odd",
+        }, params={"tables": "Junta,Prestamo"})
+    finally:
+        conn.close()
+    assert list(results) == ["money", "none", "echo", "literal"]
+    assert results["money"][0]["cents"] == "0.3"  # exact: the string of the NUMERIC, never a float
+    assert isinstance(results["money"][0]["at"], str)
+    assert results["none"] == []
+    # A probe that names a parameter writes a literal % as %%; one that names none keeps its % as written.
+    assert results["echo"] == [{"tables": "Junta,Prestamo", "odd": 1}]
+    assert results["literal"] == [{"odd": 1}]
+
+
+def test_every_probe_of_preflight_runs_and_all_see_one_snapshot(pg_db: Database) -> None:
+    """The catalog and data probes run against the guide's schema; a row committed by another session while
+    they run is seen by none of them (REPEATABLE READ, READ ONLY)."""
+    seed_db(pg_db, juntas=3)
+    names = sorted(p.stem for p in PROBES.glob("*.sql") if p.stem != "history")
+    probes = _probe_files(*names)
+    # Another session commits a new junta while the probes run (during "pause"); none of them may see it.
+    count = 'SELECT count(*) AS n FROM "Junta"'
+    probes = {"before": count, "pause": "SELECT pg_sleep(1.5) AS slept", **probes, "after": count}
+    conn = pg_db.connect()
+    other = pg_db.connect()
+    try:
+        def write() -> None:
+            with other.cursor() as cur:
+                cur.execute('INSERT INTO "Junta" (id, name, fecha_inicio, created_by_id) '
+                            'SELECT \'probe-new\', \'new\', now(), created_by_id FROM "Junta" LIMIT 1')
+            other.commit()
+
+        writer = threading.Timer(0.5, write)
+        writer.start()
+        results = run_probes(conn, probes, params={
+            "tables": "Junta,Accion,Multa,Prestamo,PagoPrestamo,User", "max_age": 300,
+            "name": "prestamos.capital_tracking", "kinds": "orphans,null_amounts",
+            "prestamo_status": "PENDING,PAID", "multa_status": "PENDING,PAID"},
+            settings={"jit": "off", "work_mem": "64MB"})
+        writer.join()
+        again = run_probes(conn, {"after": probes["after"]})
+    finally:
+        conn.close()
+        other.close()
+    assert set(results) == {"before", "pause", "after", *names}
+    assert results["before"] == results["after"]
+    assert again["after"][0]["n"] == results["after"][0]["n"] + 1
+    assert {row["name"] for row in results["tables"]} >= {"Junta", "Prestamo"}
+    assert sum(int(row["rows"]) for row in results["counts"]) > 0
+
+
+def test_a_refused_probe_is_named_and_nothing_is_written(pg_db: Database) -> None:
+    conn = pg_db.connect()
+    try:
+        with pytest.raises(ProbeError) as caught:
+            run_probes(conn, {"fine": "SELECT 1 AS x", "broken": "SELECT * FROM no_such_table"})
+        assert caught.value.probe == "broken" and caught.value.sqlstate == "42P01"
+        assert "no_such_table" in str(caught.value)
+        with pytest.raises(ProbeError) as refused:
+            run_probes(conn, {"write": "CREATE TABLE probe_wrote (x int)"})
+        assert refused.value.sqlstate == "25006"  # read-only transaction
+        assert run_probes(conn, {"t": "SELECT to_regclass('probe_wrote') IS NULL AS absent"})["t"] == [{"absent": True}]
+    finally:
+        conn.close()
