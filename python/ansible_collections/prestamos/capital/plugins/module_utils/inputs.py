@@ -183,6 +183,7 @@ RULES: dict[str, Rule] = {
     "capital_backup_dir": Rule(_absolute_path),
     "capital_report_dir": Rule(_absolute_path),
     "capital_sql_dir": Rule(_absolute_path),
+    "capital_pg_bin_dir": _optional(_absolute_path),
     "capital_lock_timeout": duration(1),
     "capital_restore_lock_timeout": duration(1),
     "capital_verify_lock_timeout": duration(1),
