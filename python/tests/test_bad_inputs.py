@@ -173,7 +173,7 @@ FREE_TEXT = {"capital_db_host", "capital_db_user", "capital_db_name", "capital_r
 NOT_WALKED = {"capital_target_hosts", "capital_db_password"}
 EMPTY_MEANS_UNSET = {"capital_db_host", "capital_db_user", "capital_db_name", "capital_db_port", "capital_db_sslmode",
                      "capital_migration_sql_sha256", "capital_rollback_backup_file",
-                     "capital_rollback_restore_from_database", "capital_rollback_reason"}
+                     "capital_rollback_restore_from_database", "capital_rollback_reason", "capital_pg_bin_dir"}
 
 
 def _wrong_values(marker: Path) -> list[Any]:
