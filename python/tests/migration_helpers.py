@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,19 @@ from ansible_collections.prestamos.capital.plugins.module_utils.migration import
 from capital_migrate.datagen import generate
 
 SQL_DIR = Path(__file__).resolve().parents[2] / "files" / "sql"
+
+
+@contextlib.contextmanager
+def migration_lock_held(db: Any) -> Iterator[None]:
+    """Another session holds the migration's advisory lock meanwhile, as a concurrent run would."""
+    holder = db.connect()
+    holder.autocommit = True
+    try:
+        with holder.cursor() as cur:
+            cur.execute("SELECT pg_advisory_lock(hashtext('prestamos.capital_tracking'))")
+        yield
+    finally:
+        holder.close()
 
 
 def sql_files() -> dict[str, str]:

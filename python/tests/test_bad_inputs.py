@@ -157,13 +157,12 @@ def test_a_plain_dump_is_read_like_psql_reads_it() -> None:
 
 # ------------------------------------------------------------- the run-wide variables, walked (one run)
 
-# Every documented variable: the run-wide spec and every role's own, stage-only variables included (a stage
+# Every documented variable: the run-wide spec (roles/run) and every role's own, stage-only variables included (a stage
 # role checks its spec only when it starts, after the stages before it have run).
 SPECS = [
     *(yaml.safe_load((ROOT / "roles" / role / "meta" / "argument_specs.yml").read_text())
       ["argument_specs"]["main"].get("options", {})
-      for role in ("connection", "preflight", "backup", "migrate", "verify", "rollback")),
-    yaml.safe_load((ROOT / "playbooks" / "vars" / "run_argument_spec.yml").read_text())["argument_spec"],
+      for role in ("run", "connection", "preflight", "backup", "migrate", "verify", "rollback")),
 ]
 # Taken literally (libpq receives them as parameters, never through a shell; a reason is recorded as text);
 # refused with a control character.
