@@ -24,12 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from ansible_collections.prestamos.capital.plugins.plugin_utils.report import stage_of_role
+
 from capital_migrate import report as report_mod
 from capital_migrate.connection import SECRET_ENV, DbTarget, environ_without, pgpass_file
 
 CALLBACK = "prestamos.capital.capital_report"
-# Task-name prefixes that are not stages of the live view (the play's own bookkeeping).
-NOT_STAGES = frozenset({"run", "connection"})
 
 
 def repo_root() -> Path:
@@ -270,6 +270,12 @@ def _callbacks_enabled(root: Path) -> str:
     return ",".join(names)
 
 
+def _task_text(name: str) -> str:
+    """A task's name for the live view, without the `<stage> | ` prefix it may carry for readability."""
+    split = report_mod.stage_of(name)
+    return split[1] if split else name
+
+
 class _EventPump:
     """Turns runner events into live-view calls and collects what the CLI needs afterwards."""
 
@@ -301,22 +307,21 @@ class _EventPump:
         data = event.get("event_data") or {}
         if kind in ("playbook_on_task_start", "playbook_on_handler_task_start"):
             name = str(data.get("task") or data.get("name") or "")
-            split = report_mod.stage_of(name)
-            if split is not None and split[0] not in NOT_STAGES:
-                if split[0] != self.stage:
+            stage = stage_of_role(data.get("role"))
+            if stage is not None:
+                if stage != self.stage:
                     if self.poller is not None and self.stage == "migrate":
                         self.poller.stop()
-                    self.stage = split[0]
-                    self.view.stage(split[0])
+                    self.stage = stage
+                    self.view.stage(stage)
                     if self.poller is not None and self.stage == "migrate":
                         self.poller.start()
-                self.view.task(self.stage, self._clean(split[1]))
+                self.view.task(self.stage, self._clean(_task_text(name)))
         elif kind in ("runner_on_failed", "runner_on_unreachable") and not data.get("ignore_errors"):
             res = data.get("res") or {}
             message = str(res.get("msg") or res.get("stderr") or res.get("reason") or "")
             task = str(data.get("task") or "")
-            split = report_mod.stage_of(task)
-            stage = split[0] if split else self.stage
+            stage = stage_of_role(data.get("role"))
             cleaned = self._clean(message)
             self.failures.append({"stage": stage, "task": task, "message": cleaned})
             self.view.failure(stage, task, cleaned[:500])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ REPO = Path(__file__).resolve().parents[2]
 CLI = Path(sys.executable).parent / "capital-migrate"
 SCHEMA = json.loads((REPO / "python" / "capital_migrate" / "schemas" / "output.schema.json").read_text())
 PROBE = Path(__file__).resolve().parent / "data" / "runner_probe.yml"
+PROBE_ROLES = Path(__file__).resolve().parent / "data" / "runner_probe_roles"
 STAGES = ("preflight", "backup", "migrate", "verify", "rollback")
 # A password nobody would type by accident: found anywhere means it leaked.
 DISTINCTIVE = "Zq7-Capital-Leak-Canary-9f3e"
@@ -52,9 +54,11 @@ def run_cli(args: list[str], env: dict[str, str], timeout: int = 600, stdin: str
 
 
 def probe_playbooks(tmp: Path) -> Path:
-    """A playbooks dir where every stage is the probe playbook (CAPITAL_PLAYBOOKS_DIR)."""
+    """A playbooks dir where every stage is the probe playbook (CAPITAL_PLAYBOOKS_DIR), its stage roles beside it
+    in roles/ (found before the project's own: Ansible looks beside the playbook first)."""
     directory = tmp / "playbooks"
     directory.mkdir()
+    shutil.copytree(PROBE_ROLES, directory / "roles")
     for stage in STAGES:
         (directory / f"{stage}.yml").write_text(PROBE.read_text())
     return directory

@@ -20,38 +20,65 @@ PLAYBOOK = """\
     capital_env: cbtest
     capital_db_password: "{{ lookup('ansible.builtin.env', 'PROBE_VAR_PASSWORD') }}"
   tasks:
-    - name: preflight | Check something
-      ansible.builtin.set_stats:
-        data:
-          capital_report:
-            preflight:
-              checks:
-                - {name: server_version, status: pass, value: "15.4", message: supported}
-                - {name: long_transactions, status: warn, value: 2, message: two old transactions}
-              login_password: "{{ capital_db_password }}"
-        aggregate: true
-    - name: run | Bookkeeping that is not a stage
-      ansible.builtin.debug:
-        msg: not a stage
-    - name: migrate | Work and fail
+    - name: Preflight
+      ansible.builtin.import_role:
+        name: preflight
+    - name: Bookkeeping that is not a stage
+      ansible.builtin.import_role:
+        name: run
+    - name: Work and fail
       block:
-        - name: migrate | Fail with the secrets in the message
-          ansible.builtin.fail:
-            msg: "boom {{ lookup('ansible.builtin.env', 'PGPASSWORD') }} postgresql://u:urlsecret@db/x"
+        - name: Migrate
+          ansible.builtin.import_role:
+            name: migrate
       rescue:
-        - name: rollback | Undo
-          ansible.builtin.set_stats:
-            data:
-              capital_report:
-                migrate: {rows_backfilled: 12, lock_retries: 1}
-                run: {outcome: rolled_back, failed_stage: migrate, cause: boom}
-            aggregate: true
+        - name: Undo
+          ansible.builtin.include_role:
+            name: rollback
 """
+# The stages are the roles of the tasks (the callback reads task._role), as in the project's playbooks; these
+# stand-ins sit beside the playbook (roles/), where Ansible looks first.
+ROLES = {
+    "preflight": """\
+- name: preflight | Check something
+  ansible.builtin.set_stats:
+    data:
+      capital_report:
+        preflight:
+          checks:
+            - {name: server_version, status: pass, value: "15.4", message: supported}
+            - {name: long_transactions, status: warn, value: 2, message: two old transactions}
+          login_password: "{{ capital_db_password }}"
+    aggregate: true
+""",
+    "run": """\
+- name: run | Bookkeeping that is not a stage
+  ansible.builtin.debug:
+    msg: not a stage
+""",
+    "migrate": """\
+- name: migrate | Fail with the secrets in the message
+  ansible.builtin.fail:
+    msg: "boom {{ lookup('ansible.builtin.env', 'PGPASSWORD') }} postgresql://u:urlsecret@db/x"
+""",
+    "rollback": """\
+- name: rollback | Undo
+  ansible.builtin.set_stats:
+    data:
+      capital_report:
+        migrate: {rows_backfilled: 12, lock_retries: 1}
+        run: {outcome: rolled_back, failed_stage: migrate, cause: boom}
+    aggregate: true
+""",
+}
 
 
 def _run(tmp_path: Path, extra_env: dict[str, Any] | None = None, args: tuple[str, ...] = ()) -> tuple[int, str]:
     playbook = tmp_path / "probe.yml"
     playbook.write_text(PLAYBOOK)
+    for role, tasks in ROLES.items():
+        (tmp_path / "roles" / role / "tasks").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "roles" / role / "tasks" / "main.yml").write_text(tasks)
     env = base_env({
         "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
         "ANSIBLE_COLLECTIONS_PATH": f"{REPO / 'collections'}:{REPO / 'python'}",

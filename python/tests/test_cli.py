@@ -128,7 +128,10 @@ def test_failed_stage_playbook_without_verdict_uses_the_stage_code(pg_db: Any, t
     playbooks = probe_playbooks(tmp_path)
     (playbooks / "preflight.yml").write_text(
         "- name: Probe\n  hosts: all\n  gather_facts: false\n  tasks:\n"
-        "    - name: preflight | Refuse\n      ansible.builtin.fail:\n        msg: disk too small\n"
+        "    - name: Run the preflight stage\n      ansible.builtin.import_role:\n        name: preflight\n"
+    )
+    (playbooks / "roles" / "preflight" / "tasks" / "main.yml").write_text(
+        "- name: preflight | Refuse\n  ansible.builtin.fail:\n    msg: disk too small\n"
     )
     env = base_env({**pg_db.cluster.env(pg_db.name), "CAPITAL_PLAYBOOKS_DIR": str(playbooks)})
     done = run_cli(["preflight", "--quiet", "--json", "--report-dir", str(tmp_path / "r")], env)

@@ -71,10 +71,6 @@ def _dict(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _list(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else []
-
-
 def parse_extravars(items: list[str] | None) -> dict[str, Any]:
     """`-e key=value` and `-e @file.yml` into one dict; refuses secrets (they would sit on argv or disk)."""
     merged: dict[str, Any] = {}
@@ -222,38 +218,30 @@ def run_stage(ctx: Context, playbook: str, extravars: dict[str, Any] | None = No
 
 
 def exit_code_for(command: str, result: RunResult) -> ExitCode:
-    """Map a run to an exit code: the playbook's own verdict first, then what the stage data says."""
-    data = result.capital_report
-    run = _dict(data.get("run"))
-    outcome = run.get("outcome")
-    if run.get("bad_input") and result.rc != 0:  # roles/connection/tasks/validate.yml refused the inputs
+    """Map a run to an exit code through the one table, OUTCOME_CODES, from the outcome the playbook recorded.
+
+    Every playbook records capital_report.run.outcome (roles/run: tasks/failure.yml classifies a failure, tasks/
+    end.yml records it); a refusal of the inputs is recorded as bad input (exit 2). Nothing is read from the
+    text of a failure message.
+    """
+    run = _dict(result.capital_report.get("run"))
+    if run.get("bad_input") and result.rc != 0:  # roles/run/tasks/validate.yml refused the inputs
         return ExitCode.BAD_ARGUMENTS
-    preflight = _dict(data.get("preflight"))
-    failed_checks = _list(preflight.get("failed"))
-    if outcome in (None, "preflight_refused", "failed") and result.rc != 0:
-        # A refusal because another run holds the lock, or because of drift, is that more specific case:
-        # the operator waits (7) or investigates (6) instead of fixing a check.
-        if "migration_lock" in failed_checks:
-            return ExitCode.LOCK_HELD
-        if "migration_state" in failed_checks:
-            return ExitCode.DRIFT
+    return OUTCOME_CODES[run_outcome(command, result)]
+
+
+def run_outcome(command: str, result: RunResult) -> str:
+    """The run's outcome word: the playbook's own, else (a playbook that records none: a site's own stage
+    playbook in CAPITAL_PLAYBOOKS_DIR, a play that failed to parse) what the exit status and the stage's
+    command say."""
+    outcome = _dict(result.capital_report.get("run")).get("outcome")
+    succeeded = result.status == "successful" and result.rc == 0
     if isinstance(outcome, str) and outcome in OUTCOME_CODES and (outcome != "success" or result.rc == 0):
-        return OUTCOME_CODES[outcome]
-    if result.status == "successful" and result.rc == 0:
-        return ExitCode.SUCCESS
-    for stage in ("migrate", "rollback", "preflight"):
-        stage_data = _dict(data.get(stage))
-        if stage_data.get("lock_held"):
-            return ExitCode.LOCK_HELD
-        if stage_data.get("drift") or stage_data.get("state") == "drifted":
-            return ExitCode.DRIFT
-    if any("lock_held" in str(f.get("message", "")) for f in result.failures):
-        return ExitCode.LOCK_HELD
-    if command in ("preflight", "plan"):
-        return ExitCode.PREFLIGHT_REFUSED
-    if command == "rollback":
-        return ExitCode.ROLLBACK_FAILED
-    return ExitCode.FAILURE
+        return outcome
+    if succeeded:
+        return "success"
+    return {"preflight": "preflight_refused", "plan": "preflight_refused", "rollback": "rollback_failed"}.get(
+        command, "failed")
 
 
 def result_document(ctx: Context, command: str, code: ExitCode, result: RunResult | None,

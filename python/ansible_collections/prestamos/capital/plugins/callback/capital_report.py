@@ -11,7 +11,8 @@ short_description: Write the capital migration run report (JSON and Markdown)
 description:
   - Builds the run report of a capital-tracking migration from Ansible's events, for plain
     C(ansible-playbook) runs, AWX and the C(capital-migrate) CLI alike.
-  - The stage timeline comes from task names prefixed C(<stage> | ...); failures carry their messages;
+  - The stage timeline comes from the role of each task (roles preflight, backup, migrate, verify and
+    rollback are the stages; the run protocol and the connection role are not); failures carry their messages;
     the data of the stages is the merged C(capital_report) custom stats (C(ansible.builtin.set_stats)).
   - Writes C(<report_dir>/<UTC timestamp>-<env>-<run id>.json) and C(.md), mode 0600, with every
     secret redacted (values under keys like password/secret/passwd/PGPASSWORD, and the literal values
@@ -62,14 +63,18 @@ from ansible_collections.prestamos.capital.plugins.plugin_utils.report import (
     redact,
     render_markdown,
     secret_literals,
-    stage_of,
+    stage_of_role,
     write_private,
 )
 
 # Variables read from the play (templated) once per play: where to write, what to call the run.
 _PLAY_VARS = ("capital_report_dir", "capital_env", "capital_db_password")
-# Task-name prefixes that are the play's own bookkeeping, not stages of the timeline.
-_NOT_STAGES = frozenset({"run", "connection"})
+
+
+def _task_stage(task: Any) -> str | None:
+    """The stage of a task: its role's name when that role is a stage (plugin_utils.report.stage_of_role)."""
+    role = getattr(task, "_role", None)
+    return stage_of_role(role.get_name() if role is not None else None)
 
 
 def _now() -> datetime:
@@ -93,7 +98,6 @@ class CallbackModule(CallbackBase):  # type: ignore[misc]  # ansible ships no ty
         self._started = _now()
         self._playbook = ""
         self._stages: dict[str, dict[str, Any]] = {}
-        self._current: str | None = None
         self._failures: list[dict[str, Any]] = []
         self._warnings: list[str] = []
         self._vars: dict[str, Any] = {}
@@ -160,21 +164,18 @@ class CallbackModule(CallbackBase):  # type: ignore[misc]  # ansible ships no ty
                     self._vars[name] = str(value)
 
     def _on_task_start(self, task: Any) -> None:
-        split = stage_of(task.get_name())
-        if split is None or split[0] in _NOT_STAGES:
+        stage = _task_stage(task)
+        if stage is None:
             return
-        stage = split[0]
         now = _now()
         entry = self._stages.setdefault(
             stage, {"name": stage, "started": now, "finished": now, "outcome": "ok", "tasks": 0}
         )
         entry["finished"] = now
         entry["tasks"] += 1
-        self._current = stage
 
     def _result_stage(self, result: Any) -> str | None:
-        split = stage_of(result._task.get_name())
-        return split[0] if split else self._current
+        return _task_stage(result._task)
 
     def _touch(self, result: Any) -> str | None:
         stage = self._result_stage(result)

@@ -36,8 +36,18 @@ def _list(value: object) -> list[Any]:
     return value if isinstance(value, list) else []
 
 
+def stage_of_role(role: str | None) -> str | None:
+    """The stage a task belongs to: the name of its role when that role is a stage (roles/<stage>), else None.
+
+    The run protocol (roles/run), the connection role and the plays' own tasks are not stages. Callers take the
+    role from the event (a callback's task._role.get_name(), ansible-runner's event_data['role']), never from the
+    task's name: names may carry a stage prefix for readability, nothing reads it.
+    """
+    return role if role in STAGE_ORDER else None
+
+
 def stage_of(task_name: str) -> tuple[str, str] | None:
-    """Split `backup | Dump the database` into ("backup", "Dump the database"); None if unprefixed."""
+    """Split `backup | Dump the database` into ("backup", "Dump the database"); None if unprefixed (display only)."""
     match = STAGE_RE.match(task_name.strip())
     if not match:
         return None
