@@ -238,3 +238,58 @@ def test_restore_refuses_a_backup_whose_sha256_does_not_match(pg_db: Any, tmp_pa
     assert fingerprint(pg_db) == shape  # still migrated, nothing dropped
     assert checksums(pg_db) == rows
     assert not list((tmp_path / "backups").glob("local-safety-*.dump"))
+
+
+def test_the_guides_rollback_check_runs_character_for_character() -> None:
+    text = (ROOT / "files" / "sql" / "guide" / "verify_rollback.sql").read_text(encoding="utf-8")
+    assert text.strip() == "-- Check system state\n" + GUIDE_VERIFY_ROLLBACK.strip()
+
+
+@pytest.mark.parametrize("opt_in", [True, False], ids=["cancel_queries", "default"])
+def test_stop_all_activity_cancels_active_queries_only_when_asked(pg_db: Any, tmp_path: Path, opt_in: bool) -> None:
+    """The guide's rollback step 1 is an explicit opt-in (capital_rollback_cancel_queries): with it, an active
+    query of another session on this database is cancelled (never terminated); without it, left alone."""
+    import psycopg2
+
+    seed_db(pg_db, juntas=2)
+    assert run_playbook(pg_db, "migrate.yml", tmp_path).returncode == 0
+    outcome: dict[str, str] = {}
+    sleeper = pg_db.connect()
+    with sleeper.cursor() as cur:
+        cur.execute("SELECT pg_backend_pid()")
+        pid = cur.fetchone()[0]
+
+    def sleep() -> None:
+        try:
+            with sleeper.cursor() as cur:
+                cur.execute("SELECT pg_sleep(120)")
+            outcome["query"] = "finished"
+        except psycopg2.errors.QueryCanceled:
+            outcome["query"] = "cancelled"
+            sleeper.rollback()
+
+    thread = threading.Thread(target=sleep)
+    thread.start()
+    try:
+        for _ in range(100):
+            if query(pg_db, f"SELECT state FROM pg_stat_activity WHERE pid = {pid}") == [("active",)]:
+                break
+            threading.Event().wait(0.05)
+        extra = ("-e", "capital_rollback_cancel_queries=true") if opt_in else ()
+        rolled = run_playbook(pg_db, "rollback.yml", tmp_path, *extra)
+        assert rolled.returncode == 0, rolled.stdout[-3000:]
+        still_active = query(pg_db, f"SELECT state FROM pg_stat_activity WHERE pid = {pid}") == [("active",)]
+        cancelled_by_rollback = outcome.get("query") == "cancelled"
+    finally:
+        query(pg_db, f"SELECT pg_cancel_backend({pid})")
+        thread.join(timeout=30)
+    try:
+        # Cancelled, never terminated: the session is still there and usable.
+        with sleeper.cursor() as cur:
+            cur.execute("SELECT 1")
+            assert cur.fetchone() == (1,)
+    finally:
+        sleeper.close()
+    assert query(pg_db, GUIDE_VERIFY_ROLLBACK) == [(False,)]
+    assert still_active is not opt_in
+    assert cancelled_by_rollback is opt_in

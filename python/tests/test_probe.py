@@ -7,6 +7,7 @@ import threading
 from pathlib import Path
 
 import pytest
+import yaml
 from ansible_collections.prestamos.capital.plugins.module_utils.probe import ProbeError, run_probes
 from capital_migrate.pgtmp import Database
 from migration_helpers import seed_db
@@ -43,7 +44,8 @@ def test_every_probe_of_preflight_runs_and_all_see_one_snapshot(pg_db: Database)
     """The catalog and data probes run against the guide's schema; a row committed by another session while
     they run is seen by none of them (REPEATABLE READ, READ ONLY)."""
     seed_db(pg_db, juntas=3)
-    names = sorted(p.stem for p in PROBES.glob("*.sql") if p.stem != "history")
+    role_vars = yaml.safe_load((ROOT / "roles" / "preflight" / "vars" / "main.yml").read_text(encoding="utf-8"))
+    names = [*role_vars["__capital_preflight_catalog_probes"], *role_vars["__capital_preflight_data_probes"]]
     probes = _probe_files(*names)
     # Another session commits a new junta while the probes run (during "pause"); none of them may see it.
     count = 'SELECT count(*) AS n FROM "Junta"'
@@ -89,3 +91,18 @@ def test_a_refused_probe_is_named_and_nothing_is_written(pg_db: Database) -> Non
         assert run_probes(conn, {"t": "SELECT to_regclass('probe_wrote') IS NULL AS absent"})["t"] == [{"absent": True}]
     finally:
         conn.close()
+
+
+def test_row_counts_quote_every_table_name_it_is_given(pg_db: Database) -> None:
+    """A name read from a manifest is an identifier, never SQL: a hostile one is counted, not run."""
+    hostile = 'x"; DROP TABLE "Junta"; --'
+    conn = pg_db.connect()
+    try:
+        with conn.cursor() as cur:
+            cur.execute('CREATE TABLE "Junta" (id int); INSERT INTO "Junta" VALUES (1), (2)')
+            cur.execute('CREATE TABLE "%s" (id int); INSERT INTO "%s" VALUES (1)' % ((hostile.replace('"', '""'),) * 2))
+        conn.commit()
+        rows = run_probes(conn, _probe_files("row_counts"), params={"tables": ["Junta", hostile]})["row_counts"]
+    finally:
+        conn.close()
+    assert rows == [{"name": "Junta", "rows": 2}, {"name": hostile, "rows": 1}]
