@@ -245,10 +245,14 @@ def test_the_guides_rollback_check_runs_character_for_character() -> None:
     assert text.strip() == "-- Check system state\n" + GUIDE_VERIFY_ROLLBACK.strip()
 
 
-@pytest.mark.parametrize("opt_in", [True, False], ids=["cancel_queries", "default"])
-def test_stop_all_activity_cancels_active_queries_only_when_asked(pg_db: Any, tmp_path: Path, opt_in: bool) -> None:
+@pytest.mark.parametrize(("opt_in", "check"), [(True, False), (False, False), (True, True)],
+                         ids=["cancel_queries", "default", "cancel_queries_check_mode"])
+def test_stop_all_activity_cancels_active_queries_only_when_asked(
+    pg_db: Any, tmp_path: Path, opt_in: bool, check: bool
+) -> None:
     """The guide's rollback step 1 is an explicit opt-in (capital_rollback_cancel_queries): with it, an active
-    query of another session on this database is cancelled (never terminated); without it, left alone."""
+    query of another session on this database is cancelled (never terminated); without it, or in a dry run
+    (--check, `rollback --plan`), left alone."""
     import psycopg2
 
     seed_db(pg_db, juntas=2)
@@ -275,7 +279,7 @@ def test_stop_all_activity_cancels_active_queries_only_when_asked(pg_db: Any, tm
             if query(pg_db, f"SELECT state FROM pg_stat_activity WHERE pid = {pid}") == [("active",)]:
                 break
             threading.Event().wait(0.05)
-        extra = ("-e", "capital_rollback_cancel_queries=true") if opt_in else ()
+        extra = [*(["-e", "capital_rollback_cancel_queries=true"] if opt_in else []), *(["--check"] if check else [])]
         rolled = run_playbook(pg_db, "rollback.yml", tmp_path, *extra)
         assert rolled.returncode == 0, rolled.stdout[-3000:]
         still_active = query(pg_db, f"SELECT state FROM pg_stat_activity WHERE pid = {pid}") == [("active",)]
@@ -290,6 +294,9 @@ def test_stop_all_activity_cancels_active_queries_only_when_asked(pg_db: Any, tm
             assert cur.fetchone() == (1,)
     finally:
         sleeper.close()
-    assert query(pg_db, GUIDE_VERIFY_ROLLBACK) == [(False,)]
-    assert still_active is not opt_in
-    assert cancelled_by_rollback is opt_in
+    assert query(pg_db, GUIDE_VERIFY_ROLLBACK) == [(check,)]
+    cancels = opt_in and not check
+    assert still_active is not cancels
+    assert cancelled_by_rollback is cancels
+    if check:
+        assert "a real run would cancel 1 active query" in " ".join(rolled.stdout.split())
