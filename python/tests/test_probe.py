@@ -93,6 +93,41 @@ def test_a_refused_probe_is_named_and_nothing_is_written(pg_db: Database) -> Non
         conn.close()
 
 
+def test_an_optional_probe_the_server_refuses_gives_null_and_the_others_run(pg_db: Database) -> None:
+    """The backup's identity where an administrator revoked pg_control_system(): null, not a failure."""
+    conn = pg_db.connect()
+    try:
+        with conn.cursor() as cur:
+            cur.execute("CREATE ROLE probe_limited LOGIN")
+            cur.execute("REVOKE EXECUTE ON FUNCTION pg_control_system() FROM PUBLIC")
+        conn.commit()
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SET ROLE probe_limited")
+            conn.commit()
+            results = run_probes(conn, _probe_files("identity", "system_identifier"),
+                                 optional=["system_identifier"])
+            with conn.cursor() as cur:
+                cur.execute("RESET ROLE")
+            conn.commit()
+            allowed = run_probes(conn, _probe_files("identity", "system_identifier"), optional=["system_identifier"])
+        finally:
+            with conn.cursor() as cur:
+                cur.execute("RESET ROLE")
+                cur.execute("GRANT EXECUTE ON FUNCTION pg_control_system() TO PUBLIC")
+                cur.execute("DROP ROLE probe_limited")
+            conn.commit()
+    finally:
+        conn.close()
+    assert results["identity"][0]["database"] == pg_db.name
+    assert results["system_identifier"] is None
+    assert "permission denied" in results["_errors"]["system_identifier"]
+    assert allowed["system_identifier"][0]["system_identifier"].isdigit()
+    assert "_errors" not in allowed
+    with pytest.raises(ProbeError):
+        run_probes(pg_db.connect(), {"broken": "SELECT * FROM no_such_table"}, optional=["other"])
+
+
 def test_row_counts_quote_every_table_name_it_is_given(pg_db: Database) -> None:
     """A name read from a manifest is an identifier, never SQL: a hostile one is counted, not run."""
     hostile = 'x"; DROP TABLE "Junta"; --'
@@ -102,7 +137,7 @@ def test_row_counts_quote_every_table_name_it_is_given(pg_db: Database) -> None:
             cur.execute('CREATE TABLE "Junta" (id int); INSERT INTO "Junta" VALUES (1), (2)')
             cur.execute('CREATE TABLE "%s" (id int); INSERT INTO "%s" VALUES (1)' % ((hostile.replace('"', '""'),) * 2))
         conn.commit()
-        rows = run_probes(conn, _probe_files("row_counts"), params={"tables": ["Junta", hostile]})["row_counts"]
+        rows = run_probes(conn, {}, count_rows=["Junta", hostile])["row_counts"]
     finally:
         conn.close()
     assert rows == [{"name": "Junta", "rows": 2}, {"name": hostile, "rows": 1}]

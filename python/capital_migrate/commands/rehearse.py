@@ -8,6 +8,7 @@ against it with the local inventory, and everything (cluster, backups) is remove
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import subprocess
@@ -226,6 +227,8 @@ def run_rehearse(args: argparse.Namespace) -> int:
                                   password=cluster.password)
             extravars = {"capital_env": ctx.extravars.get("capital_env", "rehearsal"),
                          "capital_backup_dir": str(backup_dir)}
+            # The playbooks run this server's own psql/pg_dump/pg_restore (the runner inherits PATH).
+            os.environ["PATH"] = cluster.env()["PATH"]
             result = run_stage(ctx, playbook, extravars)
             ctx.env_name = str(extravars["capital_env"])
             loaded["seconds"] = round(time.monotonic() - began, 1)

@@ -8,7 +8,7 @@ them describe one state of the database while the application writes, and the tr
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -38,15 +38,22 @@ def plain(value: Any) -> Any:
 
 
 def run_probes(conn: Any, probes: Mapping[str, str], params: Mapping[str, Any] | None = None,
-               settings: Mapping[str, str] | None = None, snapshot: str | None = None) -> dict[str, Any]:
+               settings: Mapping[str, str] | None = None, snapshot: str | None = None,
+               optional: Collection[str] = (), count_rows: Sequence[str] = ()) -> dict[str, Any]:
     """Each probe's rows (dicts by column name) under its name, all read in one snapshot, nothing written.
 
     ``params`` are psycopg2 named parameters (``%(name)s``) offered to every probe; ``settings`` last for
     the transaction only (``set_config(name, value, true)``); ``snapshot`` imports an exported snapshot
     (``pg_export_snapshot()``), so the probes read exactly what that session - a pg_dump - reads.
+    A probe named in ``optional`` that the server refuses (a function an administrator revoked) gives
+    None and its error under ``_errors`` instead of failing the others. ``count_rows`` adds the probe
+    ``row_counts``: each named table's exact row count, the name quoted as an identifier.
     """
+    from psycopg2 import sql as pgsql
+
     conn.autocommit = False
     results: dict[str, Any] = {}
+    errors: dict[str, str] = {}
     try:
         with conn.cursor() as cur:
             cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
@@ -54,17 +61,35 @@ def run_probes(conn: Any, probes: Mapping[str, str], params: Mapping[str, Any] |
                 cur.execute("SET TRANSACTION SNAPSHOT %s", (snapshot,))
             for name, value in (settings or {}).items():
                 cur.execute("SELECT set_config(%s, %s, true)", (name, str(value)))
-            for name, sql in probes.items():
+            for name, text in probes.items():
+                if name in optional:
+                    cur.execute("SAVEPOINT capital_probe")
                 try:
                     # Only the parameters the probe names: psycopg2 reads a bare % as a placeholder only
                     # when it is given parameters.
-                    used = {k: v for k, v in (params or {}).items() if f"%({k})s" in sql}
-                    cur.execute(sql, used or None)
+                    used = {k: v for k, v in (params or {}).items() if f"%({k})s" in text}
+                    cur.execute(text, used or None)
                 except Exception as exc:  # psycopg2.Error: named by its probe
-                    raise ProbeError(name, str(exc).strip(), getattr(exc, "pgcode", None)) from exc
+                    if name not in optional:
+                        raise ProbeError(name, str(exc).strip(), getattr(exc, "pgcode", None)) from exc
+                    cur.execute("ROLLBACK TO SAVEPOINT capital_probe")
+                    results[name], errors[name] = None, str(exc).strip()
+                    continue
                 columns = [column[0] for column in cur.description or ()]
                 results[name] = [dict(zip(columns, (plain(v) for v in row), strict=True))
                                  for row in (cur.fetchall() if cur.description else [])]
+            if count_rows:
+                counted = []
+                for table in count_rows:
+                    try:
+                        cur.execute(pgsql.SQL("SELECT count(*) FROM {}").format(pgsql.Identifier(table)))
+                    except Exception as exc:  # psycopg2.Error: a table that is not there
+                        raise ProbeError("row_counts", str(exc).strip(), getattr(exc, "pgcode", None)) from exc
+                    row = cur.fetchone()
+                    counted.append({"name": table, "rows": int(row[0]) if row else 0})
+                results["row_counts"] = counted
     finally:
         conn.rollback()
+    if errors:
+        results["_errors"] = errors
     return results

@@ -127,6 +127,8 @@ SELECT DISTINCT pg_describe_object(d.classid, d.objid, d.objsubid),
    AND NOT EXISTS (SELECT 1 FROM rec o WHERE o.classid = d.classid AND o.objid = d.objid
                                          AND (o.objsubid = 0 OR o.objsubid = d.objsubid))
    AND d.classid <> 'pg_type'::regclass
+   AND NOT (d.classid = 'pg_constraint'::regclass
+            AND (SELECT contype FROM pg_constraint WHERE oid = d.objid) = 'n')
    AND NOT (d.classid = 'pg_class'::regclass
             AND (SELECT relkind FROM pg_class WHERE oid = d.objid) = 't')
    AND NOT (d.classid = 'pg_attrdef'::regclass AND EXISTS (

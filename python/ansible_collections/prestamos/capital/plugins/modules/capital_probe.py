@@ -25,7 +25,7 @@ options:
     description:
       - Probe name to SQL text (one statement each), run in the order given.
     type: dict
-    required: true
+    default: {}
   params:
     description:
       - Named parameters offered to every probe; a probe uses those it names as C(%(name\)s).
@@ -37,6 +37,20 @@ options:
         for a pass over many rows.
     type: dict
     default: {}
+  optional:
+    description:
+      - Probes that may be refused (a function an administrator revoked): such a probe gives C(null), its
+        error under RV(rows._errors), and the others still run. Any other refused probe fails the task.
+    type: list
+    elements: str
+    default: []
+  count_rows:
+    description:
+      - Tables whose exact row count to read in the same snapshot, returned as the probe C(row_counts)
+        (C(name), C(rows)). Each name is quoted as an identifier, so a name read from a manifest is never SQL.
+    type: list
+    elements: str
+    default: []
   snapshot:
     description:
       - A snapshot exported by another session (C(pg_export_snapshot())) to read in, so that the probes see
@@ -88,10 +102,12 @@ def main() -> None:
     module = AnsibleModule(
         argument_spec={
             **connection_argument_spec(),
-            "probes": {"type": "dict", "required": True},
+            "probes": {"type": "dict", "default": {}},
             "params": {"type": "dict", "default": {}},
             "settings": {"type": "dict", "default": {}},
             "snapshot": {"type": "str"},
+            "optional": {"type": "list", "elements": "str", "default": []},
+            "count_rows": {"type": "list", "elements": "str", "default": []},
         },
         supports_check_mode=True,
     )
@@ -103,7 +119,8 @@ def main() -> None:
         module.fail_json(msg=f"unable to connect to database: {str(exc).strip()}")
     try:
         results = run_probes(conn, {str(k): str(v) for k, v in module.params["probes"].items()},
-                             module.params["params"], module.params["settings"], module.params["snapshot"])
+                             module.params["params"], module.params["settings"], module.params["snapshot"],
+                             module.params["optional"], module.params["count_rows"])
     except ProbeError as exc:
         module.fail_json(msg=str(exc), probe=exc.probe, sqlstate=exc.sqlstate)
     finally:
