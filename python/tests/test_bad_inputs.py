@@ -168,11 +168,14 @@ SPECS = [
 # refused with a control character.
 FREE_TEXT = {"capital_db_host", "capital_db_user", "capital_db_name", "capital_rollback_restore_from_database",
              "capital_rollback_reason"}
+# Mappings by design (the notice's headers).
+DICT_VALUED = {"capital_notify_headers"}
 # Play-level or secret: not a per-host value (the password is walked by the hostile-URL tests below).
 NOT_WALKED = {"capital_target_hosts", "capital_db_password"}
 EMPTY_MEANS_UNSET = {"capital_db_host", "capital_db_user", "capital_db_name", "capital_db_port", "capital_db_sslmode",
                      "capital_migration_sql_sha256", "capital_rollback_backup_file",
-                     "capital_rollback_restore_from_database", "capital_rollback_reason", "capital_pg_bin_dir"}
+                     "capital_rollback_restore_from_database", "capital_rollback_reason", "capital_notify_url",
+                     "capital_pg_bin_dir"}
 
 
 def _wrong_values(marker: Path) -> list[Any]:
@@ -190,6 +193,8 @@ def _walk_cases(marker: Path) -> list[tuple[str, Any, bool]]:
                 refused = name not in EMPTY_MEANS_UNSET
             elif name in FREE_TEXT:
                 refused = not isinstance(value, str) or "\n" in value
+            elif name in DICT_VALUED:  # a mapping is what they take; its entries are sent as they are
+                refused = not isinstance(value, dict)
             elif name == "capital_env":  # becomes part of file names: letters, digits, . - _
                 refused = not (isinstance(value, str) and value.isascii() and value.isalnum())
             else:

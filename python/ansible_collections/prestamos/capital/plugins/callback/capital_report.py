@@ -17,6 +17,11 @@ description:
   - Writes C(<report_dir>/<UTC timestamp>-<env>-<run id>.json) and C(.md), mode 0600, with every
     secret redacted (values under keys like password/secret/passwd/PGPASSWORD, and the literal values
     of PGPASSWORD, DATABASE_URL's password, the passwords in PGPASSFILE and C(capital_db_password)).
+  - When the play sets C(capital_notify_url) (optional C(capital_notify_headers), a dict, for example an
+    Authorization header from a vault or an AWX credential), POSTs one JSON notice after writing the report -
+    run id, playbook, environment, databases, outcome, failed stage, a one-line cause, durations, the report's
+    paths (plugin_utils/notify.py). A receiver that is down, slow (5 s) or answers an error only warns; the
+    run's outcome and exit code stand. The URL and the header values are redacted like passwords.
 requirements:
   - enable in ansible.cfg (C(callbacks_enabled = prestamos.capital.capital_report)) or with
     E(ANSIBLE_CALLBACKS_ENABLED)
@@ -57,6 +62,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ansible.plugins.callback import CallbackBase
+from ansible_collections.prestamos.capital.plugins.plugin_utils.notify import build_notice, send
 from ansible_collections.prestamos.capital.plugins.plugin_utils.report import (
     REPORT_FORMAT,
     deep_merge,
@@ -68,7 +74,7 @@ from ansible_collections.prestamos.capital.plugins.plugin_utils.report import (
 )
 
 # Variables read from the play (templated) once per play: where to write, what to call the run.
-_PLAY_VARS = ("capital_report_dir", "capital_env", "capital_db_password")
+_PLAY_VARS = ("capital_report_dir", "capital_env", "capital_db_password", "capital_notify_url")
 
 
 def _task_stage(task: Any) -> str | None:
@@ -101,6 +107,7 @@ class CallbackModule(CallbackBase):  # type: ignore[misc]  # ansible ships no ty
         self._failures: list[dict[str, Any]] = []
         self._warnings: list[str] = []
         self._vars: dict[str, Any] = {}
+        self._notify_headers: dict[str, str] = {}
         self._written: list[str] = []
 
     # Every hook funnels into _event(kind, ...), like community.general.log_plays.
@@ -162,6 +169,13 @@ class CallbackModule(CallbackBase):  # type: ignore[misc]  # ansible ships no ty
                     continue
                 if value not in (None, ""):
                     self._vars[name] = str(value)
+        if "capital_notify_headers" in variables:
+            try:
+                headers = templar.template(variables["capital_notify_headers"])
+            except Exception:  # a header that cannot be read is left out, quoting nothing of it
+                headers = None
+            if isinstance(headers, dict):
+                self._notify_headers = {str(k): str(v) for k, v in headers.items()}
 
     def _on_task_start(self, task: Any) -> None:
         stage = _task_stage(task)
@@ -237,9 +251,22 @@ class CallbackModule(CallbackBase):  # type: ignore[misc]  # ansible ships no ty
         data: dict[str, Any] = merged["capital_report"] if isinstance(merged.get("capital_report"), dict) else {}
         hosts = {host: stats.summarize(host) for host in sorted(set(stats.processed.keys()))}
         report = self._build(data, hosts, merged)
-        literals = secret_literals(os.environ, [self._vars.get("capital_db_password")])
+        literals = secret_literals(os.environ, [self._vars.get("capital_db_password"),
+                                                self._vars.get("capital_notify_url"), *self._notify_headers.values()])
         safe = redact(report, literals)
         self._write(safe, merged)
+        self._notify(safe)
+
+    def _notify(self, report: dict[str, Any]) -> None:
+        """The end-of-run notice, when capital_notify_url is set: a failed delivery only warns."""
+        url = self._vars.get("capital_notify_url")
+        if not url:
+            return
+        warning = send(url, build_notice(report, list(self._written)), self._notify_headers)
+        if warning:
+            self._display.warning(f"capital_report: {warning}")
+        else:
+            self._display.display("capital_report: notice sent")
 
     def _build(self, data: dict[str, Any], hosts: dict[str, Any], merged: dict[str, Any]) -> dict[str, Any]:
         finished = _now()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -145,6 +146,19 @@ def _version(value: Any) -> str | None:
         else "a migration version, a whole number such as 1"
 
 
+def http_url(value: Any) -> str | None:
+    """None for an http(s) URL with a host (and a numeric port, if any), else the expected form."""
+    if isinstance(value, str) and value and not _control(value):
+        try:
+            parts = urllib.parse.urlsplit(value)
+            parts.port  # noqa: B018 - raises ValueError on a port that is not a number
+        except ValueError:
+            return "an http:// or https:// URL with a numeric port"
+        if parts.scheme in ("http", "https") and parts.hostname:
+            return None
+    return "an http:// or https:// URL"
+
+
 def _absolute_path(value: Any) -> str | None:
     if isinstance(value, str) and value.startswith("/") and not _control(value):
         return None
@@ -209,6 +223,7 @@ RULES: dict[str, Rule] = {
     "capital_rollback_backup_file": _optional(_absolute_path),
     "capital_rollback_restore_from_database": Rule(_text),
     "capital_rollback_reason": Rule(_text),
+    "capital_notify_url": _optional(http_url),
 }
 _CONNECTION = ("capital_db_host", "capital_db_port", "capital_db_user", "capital_db_name", "capital_db_sslmode")
 

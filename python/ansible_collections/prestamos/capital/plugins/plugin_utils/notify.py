@@ -17,6 +17,8 @@ import urllib.request
 from collections.abc import Mapping
 from typing import Any
 
+from ansible_collections.prestamos.capital.plugins.module_utils.inputs import http_url
+
 NOTICE_FORMAT = "capital-migrate-notice/1"
 DEFAULT_TIMEOUT_S = 5.0
 _CAUSE_MAX = 500
@@ -31,25 +33,26 @@ def receiver_name(url: str) -> str:
 
 def url_problem(url: Any) -> str | None:
     """Why ``url`` cannot be a receiver (None when it can): http(s) with a host, nothing else."""
-    if not isinstance(url, str) or not url:
-        return "an http:// or https:// URL"
-    try:
-        parts = urllib.parse.urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError on a port that is not a number
-    except ValueError:
-        return "an http:// or https:// URL with a numeric port"
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        return "an http:// or https:// URL"
-    return None
+    return http_url(url)
 
 
 def _list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else []
 
 
+def report_databases(report: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The databases the run named (``data.databases``, by inventory host), as a list."""
+    data = report.get("data")
+    named = data.get("databases") if isinstance(data, Mapping) else None
+    if not isinstance(named, Mapping):
+        return []
+    return [{"inventory_host": str(host), **dict(value)} for host, value in sorted(named.items())
+            if isinstance(value, Mapping)]
+
+
 def build_notice(report: Mapping[str, Any], report_paths: list[str],
                  databases: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """The notice for a finished run, from its (redacted) report; ``databases``: host and database names."""
+    """The notice for a finished run, from its (redacted) report; ``databases`` default to the report's."""
     cause = report.get("cause")
     one_line = " ".join(str(cause).split())[:_CAUSE_MAX] if cause else None
     stages = _list(report.get("stages"))
@@ -58,7 +61,7 @@ def build_notice(report: Mapping[str, Any], report_paths: list[str],
         "run_id": report.get("run_id"),
         "playbook": report.get("playbook"),
         "env": report.get("env"),
-        "databases": list(databases or []),
+        "databases": list(databases) if databases is not None else report_databases(report),
         "outcome": report.get("outcome"),
         "failed_stage": report.get("failed_stage"),
         "cause": one_line,
