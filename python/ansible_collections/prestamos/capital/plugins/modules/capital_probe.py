@@ -39,8 +39,8 @@ options:
     default: {}
   optional:
     description:
-      - Probes that may be refused (a function an administrator revoked): such a probe gives C(null), its
-        error under RV(rows._errors), and the others still run. Any other refused probe fails the task.
+      - Probes that may be refused (a function an administrator revoked). Such a probe gives C(null), its
+        error under C(_errors) in RV(rows), and the others still run. Any other refused probe fails the task.
     type: list
     elements: str
     default: []
