@@ -154,3 +154,29 @@ def test_a_receiver_that_is_down_or_slow_only_warns_and_the_run_stands(
     text = " ".join(done.output.split())
     assert ("unreachable" if receiver_state == "down" else "timed out") in text
     assert "the run's outcome stands" in text and "T0KEN" not in text
+
+
+def test_scheduled_verification_catches_one_cent_and_notifies(pg_db: Any, tmp_path: Path) -> None:
+    """Post-migration monitoring: verify.yml on an applied database. An update that bypasses the triggers moves
+    one junta's available capital by one cent: verify exits non-zero, and the notice says the run failed in
+    the verify stage. Before the planted cent the same run passes and notifies success."""
+    seed_db(pg_db, juntas=3)
+    dirs = {"capital_backup_dir": str(tmp_path / "backups"), "capital_report_dir": str(tmp_path / "reports")}
+    assert run_playbook("playbooks/migrate.yml", playbook_env(pg_db.env), dirs).rc == 0
+    env = playbook_env(pg_db.env)
+    with receiver() as hook:
+        clean = run_playbook("playbooks/verify.yml", env, {**dirs, "capital_notify_url": hook.url})
+        conn = pg_db.connect()
+        try:
+            with conn, conn.cursor() as cur:
+                cur.execute("SET LOCAL session_replication_role = replica")  # no trigger fires
+                cur.execute('UPDATE "Junta" SET available_capital = available_capital + 0.01 '
+                            'WHERE id = (SELECT min(id) FROM "Junta")')
+        finally:
+            conn.close()
+        drifted = run_playbook("playbooks/verify.yml", env, {**dirs, "capital_notify_url": hook.url})
+    assert clean.rc == 0, clean.output[-3000:]
+    assert drifted.rc != 0
+    assert [n["outcome"] for n in hook.notices()] == ["success", "failed"]
+    assert hook.notices()[1]["failed_stage"] == "verify"
+    assert "(difference 0.01)" in hook.notices()[1]["cause"]
