@@ -4,8 +4,11 @@
 Galaxy is unreachable on many ops networks. The PyPI ``ansible`` wheel bundles
 the collections we need, so we download that one wheel with pip, check its
 sha256 against the pin below, and unpack only the collections named in
-``collections/requirements.yml`` into the git-ignored ``collections/``
-directory. A stamp file makes a rerun with nothing to do return at once.
+``collections/requirements.yml`` (what the playbooks need; the execution environment
+installs the same list) and ``collections/requirements-awx.yml`` (awx.awx, to load and
+validate the AWX configuration as code; not in the execution environment) into the
+git-ignored ``collections/`` directory. A stamp file makes a rerun with nothing to do
+return at once.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ ANSIBLE_PIN = "ansible==12.3.0"
 ANSIBLE_SHA256 = "cd156f82fa87f7a899212b0efa9f7ca3a24d609212de9f78428a572eb01e5414"
 
 ROOT = Path(__file__).resolve().parent.parent
-REQUIREMENTS = ROOT / "collections" / "requirements.yml"
+REQUIREMENTS = (ROOT / "collections" / "requirements.yml", ROOT / "collections" / "requirements-awx.yml")
 DEST = ROOT / "collections" / "ansible_collections"
 CACHE = ROOT / ".cache" / "wheels"
 STAMP = ROOT / "collections" / ".installed"
@@ -40,8 +43,14 @@ def sha256(path: Path) -> str:
 
 
 def wanted() -> dict[str, str]:
-    data = yaml.safe_load(REQUIREMENTS.read_text())
-    return {c["name"]: str(c["version"]) for c in data["collections"]}
+    found: dict[str, str] = {}
+    for path in REQUIREMENTS:
+        data = yaml.safe_load(path.read_text())
+        for item in data["collections"]:
+            name, version = item["name"], str(item["version"])
+            if found.setdefault(name, version) != version:
+                sys.exit(f"error: {name} is pinned to both {found[name]} and {version} in {REQUIREMENTS}")
+    return found
 
 
 def fetch_wheel() -> Path:
@@ -74,7 +83,7 @@ def main() -> int:
             manifest = json.loads(archive.read(prefix + "MANIFEST.json"))
             found = manifest["collection_info"]["version"]
             if found != version:
-                sys.exit(f"error: {ANSIBLE_WHEEL} bundles {name} {found}, requirements.yml asks "
+                sys.exit(f"error: {ANSIBLE_WHEEL} bundles {name} {found}, collections/requirements*.yml ask "
                          f"for {version}: change one of them so they agree")
             target = DEST / namespace / collection
             shutil.rmtree(target, ignore_errors=True)
