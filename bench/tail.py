@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ansible_collections.prestamos.capital.plugins.module_utils.migration import Options
+from ansible_collections.prestamos.capital.plugins.module_utils.migration import Batch, Options
 from capital_migrate.pgtmp import Cluster
 
 from bench import run as B
@@ -57,7 +57,7 @@ def one_round(pg: Cluster, work: Path, n: int, batch_size: int, pause: float, se
     time.sleep(3)
     marks: dict[str, float] = {}
 
-    def after_batch(_n: int) -> None:
+    def after_batch(_batch: Batch) -> None:
         now = time.time()
         marks.setdefault("first_batch", now)
         marks["last_batch"] = now

@@ -11,18 +11,22 @@
 --          build and VACUUM take SHARE UPDATE EXCLUSIVE on capital_movements
 --          only (the application's writes go on).
 --
--- capital_backfill_run() calls capital_backfill_step() until it reports
--- all_done, committing after every batch; progress is kept in
--- capital_backfill_progress in the same transaction as the batch, so a run
--- killed at any point resumes exactly where it stopped.
+-- Each batch is one capital_backfill_step() call in its own transaction;
+-- progress is kept in capital_backfill_progress in the same transaction as
+-- the batch, so a run killed at any point resumes exactly where it stopped.
 --
--- The capital_migrate module does NOT execute the CALL lines: it runs the
--- same loop from Python (one capital_backfill_step() call per transaction), so
--- it can time batches, apply statement_timeout and retry a batch on lock
--- timeouts. The other statements it runs as they are, like psql.
+-- "\set capital_unit batched" declares the statement after it a batched
+-- loop. psql sets a variable and runs the CALL: capital_backfill_run() calls
+-- capital_backfill_step() until it reports all_done, committing after every
+-- batch. The capital_migrate module runs that loop itself instead
+-- (module_utils/backfill.py), one transaction per batch, so every batch gets
+-- its own statement_timeout (a CALL is one statement), its timing, lock
+-- timeout retries with backoff, and a stop between batches on a signal. The
+-- other statements it runs as they are, like psql.
 
 -- 1. The ledger steps (Accion, Multa, Prestamo, PagoPrestamo). Returns early
 --    when the next step needs the junta index and it is not built yet.
+\set capital_unit batched
 CALL capital_backfill_run(:batch_size);
 
 -- 2. The junta index, built once over the complete ledger: the junta steps,
@@ -38,4 +42,5 @@ VACUUM (ANALYZE) capital_movements;
 
 -- 3. The junta steps: "Junta" columns from the ledger (then phase
 --    ledger_complete), loan_number/capital_at_time sweep.
+\set capital_unit batched
 CALL capital_backfill_run(:batch_size);

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ansible_collections.prestamos.capital.plugins.module_utils.migration import (
+    Batch,
     Interrupted,
     Migrator,
     Options,
@@ -47,22 +48,23 @@ def seed_db(db: Any, juntas: int = 4, dirty: bool = False, seed: int = 7) -> Non
 
 
 class StoppingMigrator(Migrator):
-    """The Migrator with the tests' stop points: after ``stop_after_batches`` batches, or after the piece
-    ``stop_after_file`` (raising Interrupted, like a killed run), and an ``on_batch`` observer."""
+    """The Migrator stopped like a killed run (raising Interrupted) before batch ``stop_after_batches + 1`` or
+    after the piece ``stop_after_file``, with an ``on_batch`` observer called after every committed batch."""
 
     stop_after_batches: int | None = None
     stop_after_file: str | None = None
     on_batch: Callable[[int], None] | None = None
 
-    def before_batch(self, done: int) -> None:
-        if self.stop_after_batches is not None and done >= self.stop_after_batches:
-            raise Interrupted(f"stopped after {done} batches")
+    def _batch(self) -> Batch:
+        if self.stop_after_batches is not None and self.batches >= self.stop_after_batches:
+            raise Interrupted(f"stopped after {self.batches} batches")
+        batch = super()._batch()
+        if batch.step.is_batch and self.on_batch is not None:
+            self.on_batch(batch.number)
+        return batch
 
-    def after_batch(self, done: int) -> None:
-        if self.on_batch is not None:
-            self.on_batch(done)
-
-    def after_piece(self, name: str) -> None:
+    def _run_piece(self, name: str) -> None:
+        super()._run_piece(name)
         if self.stop_after_file == name:
             raise Interrupted(f"stopped after {name}")
 

@@ -15,5 +15,6 @@ class MigrationError(Exception):
 
 
 class Interrupted(Exception):
-    """Raised from an extension point (``Migrator.before_batch``, ``after_piece``) by a test that stops a run at
-    a chosen point, like a killed process would."""
+    """A run stopped from outside at a chosen point, like a killed process: the tests' StoppingMigrator
+    (python/tests/migration_helpers.py) raises it; nothing in the collection does. It lives here only because
+    test modules import it from ``module_utils.migration``."""

@@ -3,17 +3,14 @@ Python; tests, the CLI and the benchmark import it directly).
 
 Split along its seams: ``sqltext.py`` reads the SQL (split like psql, units, order, checksum),
 ``unitrunner.py`` runs units (lock_timeout, retries, the advisory lock; shared with the reverse migration),
+``backfill.py`` runs the units the SQL declares batched (the backfill loop, one transaction per batch),
 ``provenance.py`` keeps the record of what the migration created, and this file applies the pieces in
-order. In a backfill piece, a ``CALL capital_backfill_run(...)`` statement is not executed: the Migrator
-drives the same ``capital_backfill_step()`` loop from Python, one transaction per batch, so it can time,
-retry and stop between batches; the piece's other statements run like any others. The names this file
-imported before the split are still importable from here.
+order. The names this file imported before the split are still importable from here.
 """
 
 from __future__ import annotations
 
 import json
-import re
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -21,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ansible_collections.prestamos.capital.plugins.module_utils import provenance
+from ansible_collections.prestamos.capital.plugins.module_utils.backfill import BackfillRunner, Batch
 from ansible_collections.prestamos.capital.plugins.module_utils.errors import Interrupted, MigrationError
 from ansible_collections.prestamos.capital.plugins.module_utils.schema_check import FOREIGN_SCHEMA, foreign_schema
 from ansible_collections.prestamos.capital.plugins.module_utils.sqltext import (
@@ -49,13 +47,11 @@ from ansible_collections.prestamos.capital.plugins.module_utils.unitrunner impor
 
 # The names other code imports from here (the module, the reverse migration, the CLI, tests, bench).
 __all__ = [
-    "ACCEPTED_FILE", "ADVISORY_KEY_SQL", "APPLICATION_NAME", "MAIN_SCRIPT", "RETRYABLE_SQLSTATES", "Interrupted",
-    "MigrationError", "Migrator", "Options", "Statement", "Unit", "UnitRunner", "_PhaseStats", "accepted_checksums",
-    "advisory_lock", "duration_ms", "load_sql_dir", "migration_state", "parse_order", "parse_units", "phase_of",
-    "split_statements", "sql_checksum",
+    "ACCEPTED_FILE", "ADVISORY_KEY_SQL", "APPLICATION_NAME", "MAIN_SCRIPT", "RETRYABLE_SQLSTATES", "Batch",
+    "Interrupted", "MigrationError", "Migrator", "Options", "Statement", "Unit", "UnitRunner", "_PhaseStats",
+    "accepted_checksums", "advisory_lock", "duration_ms", "load_sql_dir", "migration_state", "parse_order",
+    "parse_units", "phase_of", "split_statements", "sql_checksum",
 ]
-
-_BACKFILL_CALL = re.compile(r"^CALL\s+capital_backfill_run\s*\(", re.IGNORECASE)
 
 
 # -- state ------------------------------------------------------------------------------------------------
@@ -90,7 +86,7 @@ def migration_state(cursor: Any, sha: str, accepted: Mapping[str, frozenset[str]
 
 
 @dataclass
-class Migrator(UnitRunner):
+class Migrator(BackfillRunner):
     """Applies the migration on one connection (autocommit; the runner issues BEGIN/COMMIT itself)."""
 
     conn: Any
@@ -142,57 +138,13 @@ class Migrator(UnitRunner):
         self.batches_rerun = 0
         self.lock_retries = 0
 
-    # -- helpers ---------------------------------------------------------------------------------------
-    def _backfill(self) -> None:
-        """The 2x phase: capital_backfill_step() in a loop, one transaction per batch."""
-        stats = self._phase("backfill")
-        started = time.monotonic()
-        timeout = f"{self.lock_timeout_ms}ms"
-        stmt_timeout = f"{self.statement_timeout_ms}ms"
-        while True:
-            self._stop_if_requested(f"after backfill batch {self.batches}")
-            self.before_batch(self.batches)
-
-            def work() -> tuple[str, int, bool, bool]:
-                del self.conn.notices[:]  # only the notices of the attempt that commits count
-                self.cur.execute("BEGIN")
-                self.cur.execute("SELECT set_config('lock_timeout', %s, true)", (timeout,))
-                self.cur.execute("SELECT set_config('statement_timeout', %s, true)", (stmt_timeout,))
-                # A batch is a few hundred milliseconds of index work: JIT compilation (~30 ms whenever a plan's
-                # cost passes jit_above_cost, e.g. every junta sweep batch) only adds to it.
-                self.cur.execute("SELECT set_config('jit', 'off', true)")
-                self.cur.execute("SELECT * FROM capital_backfill_step(%s)", (self.options.batch_size,))
-                row = self.cur.fetchone()
-                self.cur.execute("COMMIT")
-                self.batches_rerun += sum("run again with ON CONFLICT" in n for n in self.conn.notices)
-                source, rows, source_done, all_done = row
-                return str(source), int(rows), bool(source_done), bool(all_done)
-
-            (source, rows, _source_done, all_done), attempts = self._attempt(
-                work, f"backfill batch {self.batches + 1}"
-            )
-            stats.attempts += attempts
-            if source not in ("complete", "junta_index"):
-                self.batches += 1
-                stats.statements += 1
-                if rows > 0:
-                    self.rows_backfilled[source] = self.rows_backfilled.get(source, 0) + rows
-                self.after_batch(self.batches)
-            if all_done or source == "junta_index":  # the piece builds the junta index, then calls again
-                break
-            if rows < 0:
-                time.sleep(0.2)  # barrier: transactions older than the ledger_complete flip still running
-        stats.seconds += time.monotonic() - started
-
-    # -- extension points: no-ops here; the benchmark times batches, tests stop a run (raise Interrupted) --
-    def before_batch(self, done: int) -> None:
-        """Called before each backfill batch with the number of batches done so far in this run."""
-
-    def after_batch(self, done: int) -> None:
-        """Called after each committed backfill batch (not the barrier or index steps)."""
-
-    def after_piece(self, name: str) -> None:
-        """Called after every unit of the piece ``name`` has run."""
+    def _run_piece(self, name: str) -> None:
+        """Every unit of the piece ``name`` in order (batched ones through BackfillRunner), stopping between
+        two units when a signal asked for it; the history row opens as soon as its table exists."""
+        for unit in self.units[name]:
+            self._stop_if_requested(f"before {unit.file}:{unit.line}")
+            self._run_unit(unit)
+            self._open_history()
 
     # -- history ---------------------------------------------------------------------------------------
     def _open_history(self) -> None:
@@ -369,18 +321,14 @@ class Migrator(UnitRunner):
             )
         self._refuse_unproven(found, state_before)
         if check_mode:
-            # Every unit is one transaction (or one autocommit statement), except a backfill CALL, which the
+            # Every unit is one transaction (or one autocommit statement), except a batched unit, which the
             # runner repeats batch by batch until its steps are done: those are counted apart.
             plan = [
                 {
                     "file": name,
                     "phase": phase_of(name),
                     "units": len(self.units[name]),
-                    "batched_units": sum(
-                        1
-                        for unit in self.units[name]
-                        if phase_of(name) == "backfill" and _BACKFILL_CALL.match(unit.statements[0].bare)
-                    ),
+                    "batched_units": sum(unit.kind == "batched" for unit in self.units[name]),
                 }
                 for name in self.pieces
             ]
@@ -398,15 +346,7 @@ class Migrator(UnitRunner):
         try:
             self._open_record(found)
             for name in self.pieces:
-                for unit in self.units[name]:
-                    self._stop_if_requested(f"before {unit.file}:{unit.line}")
-                    if phase_of(name) == "backfill" and _BACKFILL_CALL.match(unit.statements[0].bare):
-                        self._open_history()
-                        self._backfill()
-                    else:
-                        self._run_unit(unit)
-                    self._open_history()
-                self.after_piece(name)
+                self._run_piece(name)
             violations = self._violations()
             record = self._phase("record")
             started = time.monotonic()

@@ -4,7 +4,10 @@
 checksum covers that script and the pieces, in order. Inside a piece, ``BEGIN; ...; COMMIT;`` delimits a
 transaction the runner executes (and retries) as one unit; a statement outside such a block runs on its own
 in autocommit (CREATE INDEX CONCURRENTLY); ``<query> \\gexec`` runs the query and executes each value it
-returns, like psql. The file name's first digit names the phase: 1x expand, 2x backfill, 3x enforce.
+returns, like psql. A statement preceded by the psql meta-command ``\\set capital_unit batched`` is a *batched*
+unit: psql only sets a variable and runs the statement (a procedure that loops and commits per batch); the
+runner runs that loop itself, one batch per transaction (backfill.py). The file name's first digit names the
+phase: 1x expand, 2x backfill, 3x enforce.
 """
 
 from __future__ import annotations
@@ -24,15 +27,20 @@ MAIN_SCRIPT = "add_capital_tracking.sql"
 # reorganisation of the files): a database applied with one of them is applied, not drifted.
 ACCEPTED_FILE = "accepted_checksums.json"
 _IR_LINE = re.compile(r"^\\ir\s+(\S+)\s*$", re.MULTILINE)
+# The psql variable whose \set declares the kind of the next unit, and the kinds it may declare.
+UNIT_VARIABLE = "capital_unit"
+DECLARED_KINDS = frozenset({"batched"})
 
 
 @dataclass(frozen=True)
 class Statement:
-    """One statement of a piece; ``gexec`` means: run it and execute every value it returns."""
+    """One statement of a piece; ``gexec`` means: run it and execute every value it returns; ``declared`` is
+    the unit kind a ``\\set capital_unit <kind>`` line right before it declared (empty: none)."""
 
     text: str
     line: int
     gexec: bool = False
+    declared: str = ""
 
     @property
     def bare(self) -> str:
@@ -47,7 +55,7 @@ class Unit:
 
     file: str
     index: int
-    kind: str  # "tx" | "auto"
+    kind: str  # "tx" | "auto" | "batched"
     statements: tuple[Statement, ...]
 
     @property
@@ -63,7 +71,8 @@ class Unit:
 def split_statements(text: str) -> list[Statement]:
     """Split SQL like psql does: on ``;`` outside quotes, comments and dollar quotes; ``\\gexec`` ends one too.
 
-    Other psql meta-commands are refused: the pieces must run the same through psql and through the module.
+    ``\\set capital_unit <kind>`` between two statements declares the kind of the next one. Other psql
+    meta-commands are refused: the pieces must run the same through psql and through the module.
     """
     out: list[Statement] = []
     buf: list[str] = []
@@ -71,12 +80,15 @@ def split_statements(text: str) -> list[Statement]:
     line = 1
     i = 0
     n = len(text)
+    declared = ""  # a kind declared for the next statement, and the line that declared it
+    declared_at = 0
 
     def flush(gexec: bool = False) -> None:
-        nonlocal buf
-        stmt = Statement("".join(buf), start_line, gexec)
+        nonlocal buf, declared
+        stmt = Statement("".join(buf), start_line, gexec, declared)
         if stmt.bare:
             out.append(stmt)
+            declared = ""
         buf = []
 
     while i < n:
@@ -133,12 +145,23 @@ def split_statements(text: str) -> list[Statement]:
             j = text.find("\n", i)
             j = n if j < 0 else j
             meta = text[i:j].strip()
+            words = meta.split()
             if meta == "\\gexec":
                 flush(gexec=True)
+            elif words[:2] == ["\\set", UNIT_VARIABLE]:
+                if Statement("".join(buf), line).bare or declared:
+                    raise MigrationError(
+                        f"{meta!r} at line {line} must stand between two statements and declare one statement"
+                    )
+                if len(words) != 3 or words[2] not in DECLARED_KINDS:
+                    raise MigrationError(
+                        f"{meta!r} at line {line}: declare one of {sorted(DECLARED_KINDS)}"
+                    )
+                declared, declared_at = words[2], line
             else:
                 raise MigrationError(
                     f"psql meta-command {meta!r} at line {line} is not supported in a piece; "
-                    "only \\gexec is (put other meta-commands in the main script)"
+                    f"only \\gexec and \\set {UNIT_VARIABLE} are (put other meta-commands in the main script)"
                 )
             i = j
             continue
@@ -153,15 +176,23 @@ def split_statements(text: str) -> list[Statement]:
         i += 1
     if "".join(buf).strip():
         flush()
+    if declared:
+        raise MigrationError(f"\\set {UNIT_VARIABLE} {declared} at line {declared_at} is followed by no statement")
     return out
 
 
 def parse_units(name: str, text: str) -> list[Unit]:
-    """Group a piece's statements into units: BEGIN ... COMMIT blocks and lone autocommit statements."""
+    """Group a piece's statements into units: BEGIN ... COMMIT blocks, lone autocommit statements, and lone
+    statements declared batched."""
     units: list[Unit] = []
     current: list[Statement] | None = None
     for stmt in split_statements(text):
         word = stmt.bare.rstrip(";").strip().upper()
+        if stmt.declared and (current is not None or stmt.gexec or word in ("BEGIN", "START TRANSACTION")):
+            raise MigrationError(
+                f"{name}:{stmt.line}: a {stmt.declared} unit is one statement outside a transaction block, "
+                "without \\gexec"
+            )
         if word in ("BEGIN", "START TRANSACTION"):
             if current is not None:
                 raise MigrationError(f"{name}:{stmt.line}: BEGIN inside a transaction block")
@@ -177,7 +208,7 @@ def parse_units(name: str, text: str) -> list[Unit]:
                 raise MigrationError(f"{name}:{stmt.line}: \\gexec inside a transaction block")
             current.append(stmt)
         else:
-            units.append(Unit(name, len(units), "auto", (stmt,)))
+            units.append(Unit(name, len(units), stmt.declared or "auto", (stmt,)))
     if current is not None:
         raise MigrationError(f"{name}: BEGIN without COMMIT at the end of the file")
     return units

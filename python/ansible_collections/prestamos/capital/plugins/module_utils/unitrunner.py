@@ -204,7 +204,14 @@ class UnitRunner:
     def _after_autocommit(self) -> None:
         """Runs after a unit that executed outside a transaction (CREATE INDEX CONCURRENTLY)."""
 
+    def _run_batched(self, unit: Unit) -> None:
+        """A batched unit is a loop this runner does not know (BackfillRunner runs the backfill's)."""
+        raise MigrationError(f"{unit.file}:{unit.line}: this runner runs no batched units ({unit.summary})")
+
     def _run_unit(self, unit: Unit) -> None:
+        if unit.kind == "batched":  # its statement is psql's loop; never executed here
+            self._run_batched(unit)
+            return
         timeout = f"{self.lock_timeout_ms}ms"
 
         def work() -> None:
