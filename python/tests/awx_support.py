@@ -18,10 +18,17 @@ SCHEMA_FILE = AWX_DIR / "schema.json"
 PLAYBOOK_SPECS = sorted((REPO / "playbooks" / "vars").glob("*argument_spec*.yml"))
 
 
+class _ConfigLoader(yaml.SafeLoader):
+    """Reads `!unsafe` (Ansible's tag, on the templates AWX renders itself) as the plain string it is."""
+
+
+_ConfigLoader.add_constructor("!unsafe", lambda loader, node: loader.construct_scalar(node))
+
+
 @functools.cache
 def controller_config() -> dict[str, Any]:
-    """awx/controller_configuration.yml as data (YAML anchors resolved)."""
-    data = yaml.safe_load(CONFIG_FILE.read_text(encoding="utf-8"))
+    """awx/controller_configuration.yml as data (YAML anchors resolved, `!unsafe` strings as strings)."""
+    data = yaml.load(CONFIG_FILE.read_text(encoding="utf-8"), Loader=_ConfigLoader)  # noqa: S506 - a SafeLoader
     assert isinstance(data, dict)
     return data
 

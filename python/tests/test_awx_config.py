@@ -18,6 +18,7 @@ import pytest
 import yaml
 from awx_support import (
     AWX_DIR,
+    CONFIG_FILE,
     REPO,
     SCHEMA_FILE,
     all_surveys,
@@ -449,3 +450,18 @@ def test_no_credential_in_the_file_gives_a_value_to_a_secret_field() -> None:
         secret = {f["id"] for f in types[cred["credential_type"]]["inputs"]["fields"] if f.get("secret")}
         assert not secret & set(cred["inputs"]), name
         assert cred.get("update_secrets") is False, f"{name}: a reload would blank the secrets typed into AWX"
+
+
+def test_loading_the_file_like_the_dispatch_role_leaves_awx_templates_to_awx() -> None:
+    """vars_files loads the file as trusted templates: the vault reference (webhook password) renders at load
+    time, while the credential types' injectors - AWX's to render at launch - stay untouched (!unsafe);
+    without the tag Ansible would fail on an undefined `host` or `url`."""
+    from ansible.parsing.dataloader import DataLoader
+    from ansible.template import Templar
+
+    loader = DataLoader()
+    data = loader.load_from_file(str(CONFIG_FILE), trusted_as_template=True)
+    rendered = Templar(loader=loader, variables={"capital_awx_webhook_password": "from-the-vault"}).template(data)
+    assert rendered["controller_notifications"][0]["notification_configuration"]["password"] == "from-the-vault"
+    for ctype in rendered["controller_credential_types"]:
+        assert ctype["injectors"] == credential_type(ctype["name"])["injectors"], ctype["name"]
