@@ -66,3 +66,17 @@ def closed_port_url() -> str:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     return f"http://127.0.0.1:{port}/hooks/T0KEN-in-the-path"
+
+
+def refuse_ddl(db: Any, name: str, tags: list[str]) -> None:
+    """An event trigger that makes the given DDL fail: a real failure inside the migration or the rollback."""
+    conn = db.connect()
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute(f"""
+                create function {name}() returns event_trigger language plpgsql as $$
+                begin raise exception 'injected failure: % refused by the test', tg_tag; end $$;
+                create event trigger {name} on ddl_command_start
+                  when tag in ({", ".join("'" + t + "'" for t in tags)}) execute function {name}();""")
+    finally:
+        conn.close()

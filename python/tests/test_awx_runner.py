@@ -14,6 +14,10 @@ What ansible-runner 2.4 writes to disk (found while writing these tests, see doc
   credential injects it. AWX deletes the private data dir after the job; the "Prestamos PostgreSQL"
   credential type injects a pgpass file instead, so with it the password is in no artifact at all.
 - `env/envvars` and `env/extravars` are inputs written by AWX (or these tests), not by runner.
+- A credential type's `extra_vars` injector (the "Prestamos run notice" type: the end-of-run notice's URL
+  and Authorization header) is rendered by AWX into a 0400 file `env/tmp*`, every string marked `!unsafe`,
+  and handed to ansible-playbook as `-e @<file>` (`env/cmdline` here): the argv in `command` holds the
+  path, not the values.
 """
 
 from __future__ import annotations
@@ -25,14 +29,18 @@ import stat
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from awx_support import REPO
+import yaml
+from awx_support import REPO, credential_type
 from capital_migrate import datagen
 from capital_migrate.pgtmp import Database, clean_environ
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+from notify_support import receiver, refuse_ddl
 from system_support import fragments, hostile_password, login_role
 from test_awx_config import render_injectors
 
@@ -170,8 +178,34 @@ def build_private_data_dir(
     )
 
 
-@pytest.fixture(params=["pgpass", "pgpassword"])
-def awx_job(request: pytest.FixtureRequest, pg_db: Database, tmp_path: Path) -> Iterator[AwxJob]:
+def inject_extra_vars_credential(root: Path, type_name: str, inputs: dict[str, str]) -> Path:
+    """A credential type's extra_vars injector as AWX applies it (awx/main/models/credential/__init__.py,
+    inject_credential): values rendered in a sandbox (nested dicts and lists too), written with every string
+    marked !unsafe to a 0400 file in env/, passed as `-e @<file>`."""
+    jinja = ImmutableSandboxedEnvironment()
+
+    def render(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {render(k): render(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [render(v) for v in node]
+        return jinja.from_string(node).render(**inputs)
+
+    class UnsafeDumper(yaml.SafeDumper):
+        pass
+
+    UnsafeDumper.add_representer(str, lambda dumper, text: dumper.represent_scalar("!unsafe", text))
+    extra_vars = render(credential_type(type_name)["injectors"]["extra_vars"])
+    path = root / "env" / f"tmp{secrets.token_hex(4)}"
+    _write(path, yaml.dump(extra_vars, Dumper=UnsafeDumper), mode=0o400)
+    cmdline = root / "env" / "cmdline"
+    before = cmdline.read_text(encoding="utf-8") + " " if cmdline.exists() else ""
+    _write(cmdline, f"{before}-e @{path}")
+    return path
+
+
+@contextmanager
+def awx_job_in(pg_db: Database, tmp_path: Path, inject: str) -> Iterator[AwxJob]:
     """A loaded baseline database, a login role with a distinctive password, and an AWX-shaped dir."""
     role = f"capital_awx_{secrets.token_hex(4)}"
     # Built to break parsers; its ':' and '\' exercise the pgpass escaping of the credential type.
@@ -186,9 +220,15 @@ def awx_job(request: pytest.FixtureRequest, pg_db: Database, tmp_path: Path) -> 
     mount.mkdir(mode=0o700)
     root = tmp_path / "pdd"
     root.mkdir(mode=0o700)
-    build_private_data_dir(root, pg_db, role, password, mount, request.param)
+    build_private_data_dir(root, pg_db, role, password, mount, inject)
     with login_role(pg_db, role, password):
         yield AwxJob(root, password, mount, pg_db, role)
+
+
+@pytest.fixture(params=["pgpass", "pgpassword"])
+def awx_job(request: pytest.FixtureRequest, pg_db: Database, tmp_path: Path) -> Iterator[AwxJob]:
+    with awx_job_in(pg_db, tmp_path, request.param) as job:
+        yield job
 
 
 def _has_ledger(db: Database) -> bool:
@@ -233,21 +273,40 @@ def _assert_no_password(job: AwxJob, paths: list[Path]) -> None:
     assert not leaked, f"the database password appears in: {leaked}"
 
 
+NOTIFY_SECRETS = (b"T0KEN-in-the-path", b"QXZJ-h3ader-KVWQ")  # notify_support's URL path, the header's core
+
+
+def _assert_no_notify_secret(paths: list[Path]) -> None:
+    leaked = sorted({f"{p}: {s!r}" for p in paths for s in NOTIFY_SECRETS if s in p.read_bytes()})
+    assert not leaked, f"a notify secret appears in: {leaked}"
+
+
 def test_migrate_then_rollback_under_ansible_runner_like_awx(
     awx_job: AwxJob, request: pytest.FixtureRequest
 ) -> None:
     job = awx_job
     before = _checksums(job.db)
+    with_pgpass = request.node.callspec.params["awx_job"] == "pgpass"
+    with ExitStack() as stack:
+        if with_pgpass:
+            # The job templates carry the run notice credential too: one notice per job, at no extra run.
+            hook = stack.enter_context(receiver())
+            inject_extra_vars_credential(
+                job.root, "Prestamos run notice", {"url": hook.url, "authorization": "Bearer awx-QXZJ-h3ader-KVWQ"}
+            )
+        migrate = job.run("playbooks/migrate.yml", "migrate")
+        _assert_successful(job, "migrate", migrate)
+        assert _has_ledger(job.db), "migrate job succeeded but capital_movements does not exist"
+        # The backup went to the mounted path, not into the job's (ephemeral) private data dir.
+        assert _files_under(job.backup_dir), f"no backup under {job.backup_dir}"
+        assert not any(job.root.rglob("*.dump")), "a dump landed inside the private data dir"
 
-    migrate = job.run("playbooks/migrate.yml", "migrate")
-    _assert_successful(job, "migrate", migrate)
-    assert _has_ledger(job.db), "migrate job succeeded but capital_movements does not exist"
-    # The backup went to the mounted path, not into the job's (ephemeral) private data dir.
-    assert _files_under(job.backup_dir), f"no backup under {job.backup_dir}"
-    assert not any(job.root.rglob("*.dump")), "a dump landed inside the private data dir"
-
-    rollback = job.run("playbooks/rollback.yml", "rollback")
-    _assert_successful(job, "rollback", rollback)
+        rollback = job.run("playbooks/rollback.yml", "rollback")
+        _assert_successful(job, "rollback", rollback)
+    if with_pgpass:
+        assert [(n["playbook"], n["outcome"]) for n in hook.notices()] == [
+            ("migrate.yml", "success"), ("rollback.yml", "success")
+        ]
     assert not _has_ledger(job.db), "rollback job succeeded but capital_movements still exists"
     assert _checksums(job.db) == before, "legacy tables differ after migrate + rollback"
 
@@ -288,8 +347,9 @@ def test_migrate_then_rollback_under_ansible_runner_like_awx(
     assert stat.S_IMODE(command.stat().st_mode) == 0o600
     recorded_env = json.loads(command.read_text(encoding="utf-8"))["env"]
     if request.node.callspec.params["awx_job"] == "pgpass":
-        # The Prestamos PostgreSQL credential type: the password is in no artifact at all.
+        # The Prestamos PostgreSQL credential type: the password is in no artifact at all; nor the notice's secrets.
         _assert_no_password(job, _files_under(job.root / "artifacts"))
+        _assert_no_notify_secret([*_files_under(job.root / "artifacts"), *_files_under(job.mount)])
         assert "PGPASSWORD" not in recorded_env and recorded_env["PGPASSFILE"].startswith(
             str(job.root / "env")
         )
@@ -297,3 +357,42 @@ def test_migrate_then_rollback_under_ansible_runner_like_awx(
         # The finding that made the credential type use a pgpass file: ansible-runner records the whole
         # environment, PGPASSWORD included, in artifacts/<ident>/command (AWX deletes it with the job).
         assert recorded_env.get("PGPASSWORD") == job.password
+
+
+def test_a_failed_awx_job_sends_one_notice_and_leaves_no_secret_in_the_artifacts(
+    pg_db: Database, tmp_path: Path
+) -> None:
+    """The run notice credential (awx/controller_configuration.yml) injected as AWX does, a migrate job whose
+    trigger creation the database refuses: the job fails after rolling back by itself, the receiver on
+    127.0.0.1 gets exactly one notice saying so, and neither the URL's token, the Authorization header nor
+    the database password is in any artifact, report or job event."""
+    header = "Bearer awx-QXZJ-h3ader-KVWQ"
+    with awx_job_in(pg_db, tmp_path, "pgpass") as job, receiver() as hook:
+        refuse_ddl(job.db, "refuse_triggers", ["CREATE TRIGGER"])
+        injected = inject_extra_vars_credential(
+            job.root, "Prestamos run notice", {"url": hook.url, "authorization": header}
+        )
+        result = job.run("playbooks/migrate.yml", "migrate")
+    artifacts = job.artifacts("migrate")
+    status = (artifacts / "status").read_text(encoding="utf-8")
+    assert result.returncode != 0 and status == "failed", (artifacts / "stdout").read_text(encoding="utf-8")[-4000:]
+    assert not _has_ledger(job.db), "the migrate job's rescue should have rolled back"
+
+    assert len(hook.received) == 1, hook.received
+    (notice,) = hook.notices()
+    assert notice["outcome"] == "rolled_back" and notice["failed_stage"] == "migrate", notice
+    assert notice["playbook"] == "migrate.yml" and notice["env"] == "staging"
+    assert [d["database"] for d in notice["databases"]] == [job.db.name]
+    assert hook.received[0]["headers"]["Authorization"] == header
+    # AWX shows the job's stats as its artifacts: the same outcome word.
+    stats = next(e for e in job.events("migrate") if e.get("event") == "playbook_on_stats")
+    assert stats["event_data"]["artifact_data"]["capital_report"]["run"]["outcome"] == "rolled_back"
+
+    # ansible-runner recorded the argv and the environment: the injected file's path, not its values.
+    command = json.loads((artifacts / "command").read_text(encoding="utf-8"))
+    assert f"@{injected}" in command["command"]
+    assert not any("capital_notify" in k or "T0KEN" in v for k, v in command["env"].items())
+    written = [*_files_under(job.root / "artifacts"), *_files_under(job.mount)]
+    assert any(p.suffix == ".json" for p in _files_under(job.report_dir))
+    _assert_no_notify_secret(written)
+    _assert_no_password(job, written)

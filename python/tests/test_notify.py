@@ -16,7 +16,7 @@ from ansible_collections.prestamos.capital.plugins.plugin_utils.notify import (
 )
 from cli_support import base_env, run_cli
 from migration_helpers import seed_db
-from notify_support import closed_port_url, receiver
+from notify_support import closed_port_url, receiver, refuse_ddl
 from playbook_support import playbook_env, run_playbook
 
 REPORT: dict[str, Any] = {
@@ -78,19 +78,6 @@ def test_only_http_urls_are_receivers(url: Any) -> None:
 QUALITY_KINDS = yaml.safe_load((Path(__file__).resolve().parents[2] / "roles" / "preflight" / "vars" / "main.yml")
                                .read_text(encoding="utf-8"))["__capital_preflight_quality_kinds"]
 
-def _event_trigger(pg_db: Any, name: str, tags: list[str]) -> None:
-    """An event trigger that makes the given DDL fail: a real failure inside the migration or the rollback."""
-    conn = pg_db.connect()
-    try:
-        with conn, conn.cursor() as cur:
-            cur.execute(f"""
-                create function {name}() returns event_trigger language plpgsql as $$
-                begin raise exception 'injected failure: % refused by the test', tg_tag; end $$;
-                create event trigger {name} on ddl_command_start
-                  when tag in ({", ".join("'" + t + "'" for t in tags)}) execute function {name}();""")
-    finally:
-        conn.close()
-
 
 @pytest.mark.parametrize(("plant", "outcome", "code"), [
     (None, "success", 0),
@@ -106,9 +93,9 @@ def test_every_outcome_reaches_the_receiver_through_the_cli(
     goes anywhere but to the receiver."""
     seed_db(pg_db, juntas=2, dirty=plant == "dirty_data")
     if plant == "refuse_triggers":
-        _event_trigger(pg_db, plant, ["CREATE TRIGGER"])
+        refuse_ddl(pg_db, plant, ["CREATE TRIGGER"])
     elif plant == "refuse_alter_and_drop":
-        _event_trigger(pg_db, plant, ["ALTER TABLE", "DROP TABLE"])
+        refuse_ddl(pg_db, plant, ["ALTER TABLE", "DROP TABLE"])
     settings = tmp_path / "notify.yml"
     with receiver() as hook:
         settings.write_text(json.dumps({"capital_notify_url": hook.url,
