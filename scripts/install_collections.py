@@ -49,7 +49,8 @@ def wanted() -> dict[str, str]:
         for item in data["collections"]:
             name, version = item["name"], str(item["version"])
             if found.setdefault(name, version) != version:
-                sys.exit(f"error: {name} is pinned to both {found[name]} and {version} in {REQUIREMENTS}")
+                sys.exit(f"error: {name} is pinned to both {found[name]} and {version} "
+                         "in collections/requirements*.yml")
     return found
 
 
