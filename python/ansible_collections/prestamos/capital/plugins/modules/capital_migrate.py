@@ -74,11 +74,11 @@ attributes:
     description: Returns no diff; the result lists the executed statements instead.
 notes:
   - Files are run in the order of C(add_capital_tracking.sql); the first digit of a piece's name is its phase
-    (1 expand, 2 backfill, 3 enforce). A statement a piece declares batched (the psql meta-command
-    C(\\set capital_unit batched) before it: psql runs the statement, C(CALL capital_backfill_run(...)), a
-    loop in SQL) is not executed; the module runs that loop itself, one C(capital_backfill_step()) call per
-    transaction, so each batch has its own O(statement_timeout), lock retries, timing and a stop between
-    batches on SIGINT/SIGTERM.
+    (1 expand, 2 backfill, 3 enforce).
+  - A statement a piece declares batched with the psql meta-command C(\set capital_unit batched) before it
+    is not executed (psql runs it, C(CALL capital_backfill_run(...)), a loop in SQL); the module runs that
+    loop itself, one C(capital_backfill_step()) call per transaction, so each batch has its own
+    O(statement_timeout), lock retries, timing and a stop between batches on SIGINT/SIGTERM.
 """
 
 EXAMPLES = r"""
