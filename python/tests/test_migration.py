@@ -49,6 +49,26 @@ def test_units_group_begin_commit_blocks_and_lone_statements() -> None:
         parse_units("x.sql", "BEGIN;\nSELECT 1;\n")
 
 
+def test_a_statement_declared_batched_is_a_unit_of_its_own_kind_and_psql_sees_a_variable() -> None:
+    units = parse_units(
+        "2x.sql", "SELECT 1;\n-- the loop\n\\set capital_unit batched\nCALL loop(:batch_size);\nSELECT 2;\n"
+    )
+    assert [(u.kind, u.summary) for u in units] == [
+        ("auto", "SELECT 1;"), ("batched", "CALL loop(:batch_size);"), ("auto", "SELECT 2;")
+    ]
+    backfill = parse_units("20_backfill.sql", sql_files()["20_backfill.sql"])
+    assert [u.kind for u in backfill] == ["batched", "auto", "auto", "batched"]
+    for text, refusal in (
+        ("\\set capital_unit batched\n", "followed by no statement"),
+        ("SELECT 1\n\\set capital_unit batched\n;", "between two statements"),
+        ("BEGIN;\n\\set capital_unit batched\nSELECT 1;\nCOMMIT;\n", "outside a transaction block"),
+        ("\\set capital_unit loop\nSELECT 1;\n", "declare one of"),
+        ("\\set other x\nSELECT 1;\n", "not supported in a piece"),
+    ):
+        with pytest.raises(MigrationError, match=refusal):
+            parse_units("x.sql", text)
+
+
 def test_checksum_changes_with_any_text_and_order() -> None:
     assert sql_checksum(["a", "b"]) != sql_checksum(["b", "a"])
     assert sql_checksum(["ab", ""]) != sql_checksum(["a", "b"])

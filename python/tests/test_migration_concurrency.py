@@ -392,3 +392,36 @@ def test_the_migration_reports_the_batches_a_trigger_raced(pg_db) -> None:
     assert result["state_after"] == "applied"
     assert result["batches_rerun"] == 1
     assert_figures_exact(pg_db)
+
+
+def test_statement_timeout_is_per_batch_and_a_timed_out_batch_keeps_the_finished_ones(pg_db) -> None:
+    """statement_timeout bounds one backfill batch, not the loop (a CALL of capital_backfill_run would be one
+    statement for every batch): batch 2 stuck behind an application's row lock is cancelled at the timeout
+    (57014, not retried: it is no lock timeout), batch 1 stays committed, and the rerun resumes from it."""
+    from ansible_collections.prestamos.capital.plugins.module_utils.migration import MigrationError
+
+    seed_db(pg_db, juntas=2)
+    app = pg_db.connect()
+
+    def after_batch(n: int) -> None:
+        if n == 1:  # batch 1 of 5 rows is Accion's first: hold a row of batch 2 until the run has failed
+            with app.cursor() as cur:
+                cur.execute('SELECT id FROM "Accion" ORDER BY id OFFSET 7 LIMIT 1 FOR UPDATE')
+        time.sleep(0.05)  # between batches: inside no statement, so under no statement_timeout
+
+    try:
+        with pytest.raises(MigrationError) as err:
+            migrate(pg_db, batch_size=5, lock_timeout="30s", statement_timeout="400ms", after_batch=after_batch)
+    finally:
+        app.rollback()
+        app.close()
+    details = err.value.details
+    assert (details["sqlstate"], details["failed_at"], details["attempts"]) == ("57014", "backfill batch 2", 1)
+    assert details["lock_retries"] == 0
+    assert run_sql(pg_db, "SELECT rows_done, done FROM capital_backfill_progress WHERE source = 'Accion'") == [
+        (5, False)
+    ]
+    resumed = migrate(pg_db, batch_size=5, statement_timeout="400ms")
+    assert resumed["state_before"] == "partial" and resumed["state_after"] == "applied"
+    assert resumed["rows_backfilled"]["Accion"] == run_sql(pg_db, 'SELECT count(*) FROM "Accion"')[0][0] - 5
+    assert_figures_exact(pg_db)
