@@ -12,7 +12,7 @@ PG_SYSTEM_BINDIRS ?= $(wildcard /usr/lib/postgresql/*/bin)
 export PATH := $(abspath $(BIN)):$(PATH)
 export ANSIBLE_CONFIG := $(abspath ansible.cfg)
 
-.PHONY: setup collections pg-versions lint test unit integration molecule demo bench faults inventory clean
+.PHONY: setup collections pg-versions lint test unit integration molecule demo bench bench-fleet faults inventory clean
 
 setup: $(STAMP) collections/.installed $(if $(PG_SYSTEM_BINDIRS),,$(PG_STAMP))
 
@@ -22,7 +22,7 @@ $(STAMP): requirements.txt python/pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e python
 	touch $@
 
-collections/.installed: $(STAMP) collections/requirements.yml scripts/install_collections.py
+collections/.installed: $(STAMP) collections/requirements.yml collections/requirements-awx.yml scripts/install_collections.py
 	$(BIN)/python scripts/install_collections.py
 
 collections: collections/.installed
@@ -60,6 +60,10 @@ demo: setup
 
 bench: setup
 	$(BIN)/python -m bench.run
+
+# Eight small databases in one run, forks 1, 4 and 8, against the sum of single runs (BENCHMARKS.md, Fleet).
+bench-fleet: setup
+	$(BIN)/python -m bench.fleet
 
 # After changing files/sql: regenerate the list of objects the migration creates (a test fails until then).
 inventory: setup

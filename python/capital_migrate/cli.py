@@ -91,6 +91,14 @@ def build_parser() -> argparse.ArgumentParser:
         cmd = sub.add_parser(name, help=text, description=text, epilog=EPILOG,
                              formatter_class=argparse.RawDescriptionHelpFormatter)
         _common(cmd)
+        if name == "migrate":
+            cmd.add_argument("--serial", metavar="SIZES",
+                             help="waves over a fleet (one inventory host per database): sizes separated by "
+                             "commas, numbers or percentages (default 1,25%%,100%%: one canary, then a quarter, "
+                             "then the rest)")
+            cmd.add_argument("--max-fail-percentage", metavar="PCT", type=int,
+                             help="percentage of a wave's databases that may fail before the later waves are "
+                             "stopped (default 0)")
         if name == "rollback":
             cmd.add_argument("--plan", "--dry-run", dest="plan", action="store_true",
                              help="list every object the reverse migration would drop and every row count it "

@@ -159,6 +159,19 @@ def environ_without(names: tuple[str, ...]) -> Iterator[None]:
 
 
 
+def inventory_hosts(inventory: Path, pattern: str = "all") -> list[str]:
+    """The inventory's hosts matching ``pattern`` (a fleet: one host per database), in inventory order."""
+    from ansible.errors import AnsibleError
+    from ansible.inventory.manager import InventoryManager
+    from ansible.parsing.dataloader import DataLoader
+
+    try:
+        return [host.get_name() for host in InventoryManager(loader=DataLoader(), sources=[str(inventory)])
+                .get_hosts(pattern)]
+    except AnsibleError as exc:
+        raise OperatorError(f"cannot read the hosts of inventory {inventory} ({type(exc).__name__})") from None
+
+
 def inventory_variables(inventory: Path, names: tuple[str, ...] = DB_VARIABLES,
                         vault_password_file: Path | None = None, pattern: str = "all") -> dict[str, Any]:
     """`names` as the playbooks see them on the first host of `pattern`: inventory, group_vars and vault, templated.

@@ -45,6 +45,7 @@ class LiveView(Protocol):
     def task(self, stage: str | None, name: str) -> None: ...
     def warning(self, text: str) -> None: ...
     def failure(self, stage: str | None, task: str, message: str) -> None: ...
+    def database(self, host: str, outcome: str, detail: str) -> None: ...
     def progress(self, done: int, total: int, rate: float | None, eta: float | None) -> None: ...
     def close(self) -> None: ...
 
@@ -62,6 +63,9 @@ class QuietView:
         pass
 
     def failure(self, stage: str | None, task: str, message: str) -> None:
+        pass
+
+    def database(self, host: str, outcome: str, detail: str) -> None:
         pass
 
     def progress(self, done: int, total: int, rate: float | None, eta: float | None) -> None:
@@ -115,6 +119,12 @@ class ConsoleView:
     def failure(self, stage: str | None, task: str, message: str) -> None:
         with self._lock:
             self._print(f"   FAILED [{stage or '-'}] {task}: {message}", style="bold red")
+
+    def database(self, host: str, outcome: str, detail: str) -> None:
+        with self._lock:
+            self._end_bar()
+            self._print(f"-> {host} {outcome}{f' ({detail})' if detail else ''}",
+                        style="bold green" if outcome == "success" else "bold red")
 
     def progress(self, done: int, total: int, rate: float | None, eta: float | None) -> None:
         with self._lock:
@@ -325,6 +335,8 @@ class _EventPump:
             cleaned = self._clean(message)
             self.failures.append({"stage": stage, "task": task, "message": cleaned})
             self.view.failure(stage, task, cleaned[:500])
+        elif kind == "runner_on_ok":
+            self._database_outcome(data)
         elif kind == "warning":
             stdout = str(event.get("stdout") or "")
             self._warn(stdout.replace("[WARNING]:", "").strip())
@@ -335,6 +347,16 @@ class _EventPump:
                 self._warn(str(warning))
         # Events land on disk only when the operator keeps the artifacts.
         return self.keep
+
+
+    def _database_outcome(self, data: Mapping[str, Any]) -> None:
+        """One line per database when its run records its outcome (roles/run/tasks/end.yml, set_stats)."""
+        stats = (data.get("res") or {}).get("ansible_stats") or {}
+        run = ((stats.get("data") or {}).get("capital_report") or {}).get("run") or {}
+        outcome = run.get("outcome") if isinstance(run, dict) else None
+        if isinstance(outcome, str) and outcome:
+            where = run.get("failed_stage") if outcome != "success" else ""
+            self.view.database(str(data.get("host") or "?"), outcome, self._clean(f"in {where}" if where else ""))
 
 
 def _scrub(private_dir: Path, keep: bool) -> Path | None:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import yaml
+from ansible_collections.prestamos.capital.plugins.module_utils.inputs import RULES
 
 from capital_migrate import report as report_mod
 from capital_migrate.connection import (
@@ -42,6 +43,8 @@ class Context:
     view: LiveView
     out: TextIO = field(default_factory=lambda: sys.stdout)
     err: TextIO = field(default_factory=lambda: sys.stderr)
+    # The connection before the inventory's capital_db_* (DATABASE_URL, PG*): a fleet's hosts each go on top.
+    base_target: DbTarget = field(default_factory=DbTarget)
 
     @property
     def json(self) -> bool:
@@ -106,6 +109,24 @@ def parse_extravars(items: list[str] | None) -> dict[str, Any]:
     return merged
 
 
+def wave_variables(args: argparse.Namespace) -> dict[str, Any]:
+    """--serial and --max-fail-percentage as migrate.yml's extra variables (the only kind its waves see)."""
+    found: dict[str, Any] = {}
+    serial = getattr(args, "serial", None)
+    if serial is not None:
+        sizes: list[Any] = [int(part) if part.strip().isdigit() else part.strip() for part in serial.split(",")]
+        problem = RULES["capital_serial"].problem(sizes)
+        if problem is not None:
+            raise OperatorError(f"--serial {serial!r}: expected {problem}, separated by commas (e.g. 1,25%,100%)")
+        found["capital_serial"] = sizes
+    percentage = getattr(args, "max_fail_percentage", None)
+    if percentage is not None:
+        if not 0 <= percentage <= 100:
+            raise OperatorError(f"--max-fail-percentage {percentage}: expected a whole number 0-100")
+        found["capital_max_fail_percentage"] = percentage
+    return found
+
+
 def build_context(args: argparse.Namespace, need_db: bool = True) -> Context:
     """Resolve inventory, environment, variables, connection and view; refuse bad input before running."""
     root = repo_root()
@@ -121,17 +142,19 @@ def build_context(args: argparse.Namespace, need_db: bool = True) -> Context:
         raise OperatorError(f"inventory {inventory} does not exist; use --env {'|'.join(ENVIRONMENTS)} "
                             "or -i PATH to an inventory directory")
     extravars = parse_extravars(getattr(args, "extra_vars", None))
+    extravars.update(wave_variables(args))
     report_dir = Path(args.report_dir).resolve() if getattr(args, "report_dir", None) else None
     if report_dir is not None:
         extravars["capital_report_dir"] = str(report_dir)
     target = (resolve_target(bool(getattr(args, "database_url", False)), getattr(args, "database_url_env", None))
               if need_db else DbTarget())
+    base_target = target
     if need_db:
         target = target.under(playbook_db_variables(inventory, extravars, getattr(args, "vault_password_file", None)))
     quiet = bool(getattr(args, "quiet", False))
     view: LiveView = QuietView() if quiet else ConsoleView()
     ctx = Context(args=args, root=root, inventory=inventory, env_name=env_name, extravars=extravars,
-                  target=target, report_dir=report_dir, view=view)
+                  target=target, report_dir=report_dir, view=view, base_target=base_target)
     env_from_inventory = ctx.group_vars().get("capital_env")
     if isinstance(env_from_inventory, str) and env_from_inventory:
         ctx.env_name = env_from_inventory
@@ -273,6 +296,8 @@ def result_document(ctx: Context, command: str, code: ExitCode, result: RunResul
         },
         "data": data,
     }
+    if isinstance(report.get("fleet"), dict) and len(report["fleet"].get("databases") or []) > 1:
+        doc["fleet"] = report["fleet"]
     doc.update(extra or {})
     literals = report_mod.secret_literals(os.environ, [ctx.target.password])
     safe: dict[str, Any] = report_mod.redact(doc, literals)

@@ -16,6 +16,7 @@ from ansible_collections.prestamos.capital.plugins.module_utils.schema_check imp
 
 from capital_migrate import report as report_mod
 from capital_migrate.commands._common import Context, build_context, default_report_dir, emit_json, result_document
+from capital_migrate.connection import DB_VARIABLES, DbTarget, inventory_hosts, inventory_variables
 from capital_migrate.errors import OperatorError
 from capital_migrate.exitcodes import DESCRIPTIONS, ExitCode
 
@@ -66,16 +67,17 @@ NEXT_STEPS = {
 }
 
 
-def read_status(ctx: Context) -> dict[str, Any]:
+def read_status(ctx: Context, target: DbTarget | None = None) -> dict[str, Any]:
     """Query the database (read-only transaction) and the report dir; nothing is changed."""
     import psycopg2
 
+    target = target or ctx.target
     expected = _expected_sha(ctx.root)
     try:
-        conn = psycopg2.connect(connect_timeout=10, **ctx.target.connect_kwargs())
+        conn = psycopg2.connect(connect_timeout=10, **target.connect_kwargs())
     except psycopg2.Error as exc:
-        message = report_mod.redact_text(str(exc).strip(), [ctx.target.password or ""] if ctx.target.password else [])
-        raise OperatorError(f"cannot connect to {ctx.target.describe()}: {message}", ExitCode.FAILURE) from None
+        message = report_mod.redact_text(str(exc).strip(), [target.password or ""] if target.password else [])
+        raise OperatorError(f"cannot connect to {target.describe()}: {message}", ExitCode.FAILURE) from None
     try:
         conn.set_session(readonly=True, autocommit=False)
         with conn.cursor() as cur:
@@ -101,14 +103,62 @@ def read_status(ctx: Context) -> dict[str, Any]:
         "expected_sql_sha256": expected,
         "last_history": history,
         "last_report": last_report,
-        "database": ctx.target.describe(),
+        "database": target.describe(),
         "next_step": str(finding["next_step"]) if finding is not None else NEXT_STEPS.get(state, ""),
     }
 
 
+def fleet_status(ctx: Context, hosts: list[str]) -> list[dict[str, Any]]:
+    """Every database of a fleet inventory (one host each): its state, or why it could not be read."""
+    vault = getattr(ctx.args, "vault_password_file", None)
+    rows = []
+    for host in hosts:
+        found = inventory_variables(ctx.inventory, DB_VARIABLES, Path(vault) if vault else None, host)
+        target = ctx.base_target.under({**found, **{k: v for k, v in ctx.extravars.items() if k in DB_VARIABLES}})
+        try:
+            status = read_status(ctx, target)
+        except OperatorError as exc:
+            status = {"state": "unreachable", "database": target.describe(), "detail": {"message": exc.message},
+                      "last_history": None, "next_step": "check the server and the connection variables"}
+        rows.append({"host": host, **status})
+    return rows
+
+
+# Worst first: what a fleet's status exits with.
+FLEET_STATE_CODES = {"drifted": ExitCode.DRIFT, "foreign_schema": ExitCode.PREFLIGHT_REFUSED,
+                     "unreachable": ExitCode.FAILURE}
+
+
+def run_fleet_status(ctx: Context, hosts: list[str]) -> int:
+    """A table of every database's state; exits with the worst (drift 6, foreign schema 3, unreachable 1)."""
+    rows = fleet_status(ctx, hosts)
+    states = {str(row["state"]) for row in rows}
+    code = next((c for s, c in FLEET_STATE_CODES.items() if s in states), ExitCode.SUCCESS)
+    if ctx.json:
+        doc = result_document(ctx, "status", code, None, {"fleet_status": rows, "outcome": None})
+        emit_json(ctx, doc)
+        return int(code)
+    ctx.say(f"capital-migrate status  env={ctx.env_name}  {len(rows)} databases")
+    ctx.say(f"  {'host':<16}{'state':<15}{'last run':<24}database")
+    for row in rows:
+        history = row.get("last_history") or {}
+        last = f"{history.get('outcome')} {history.get('finished_at') or ''}".strip() if history else "-"
+        ctx.say(f"  {row['host']:<16}{row['state']!s:<15}{last:<24}{row['database']}")
+    counts = {state: sum(1 for row in rows if row["state"] == state) for state in sorted(states)}
+    ctx.say("  " + ", ".join(f"{state} {count}" for state, count in counts.items()))
+    ctx.say(f"exit {int(code)}: {DESCRIPTIONS[code]}")
+    return int(code)
+
+
 def run_status(args: argparse.Namespace) -> int:
-    """Print the state; exit 6 when drifted, 3 on a database that is not the guide's, 0 otherwise."""
+    """Print the state; exit 6 when drifted, 3 on a database that is not the guide's, 0 otherwise.
+
+    An inventory of several hosts (a fleet, one database each) gets a table of every database's state.
+    """
     ctx = build_context(args)
+    hosts = inventory_hosts(ctx.inventory, str(ctx.extravars.get("capital_target_hosts") or "all"))
+    if len(hosts) > 1:
+        return run_fleet_status(ctx, hosts)
     status = read_status(ctx)
     code = STATE_CODES.get(str(status["state"]), ExitCode.SUCCESS)
     if ctx.json:

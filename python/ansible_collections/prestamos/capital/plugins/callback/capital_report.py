@@ -65,11 +65,14 @@ from ansible.plugins.callback import CallbackBase
 from ansible_collections.prestamos.capital.plugins.plugin_utils.notify import build_notice, send
 from ansible_collections.prestamos.capital.plugins.plugin_utils.report import (
     REPORT_FORMAT,
+    database_entry,
     deep_merge,
+    fleet_totals,
     redact,
     render_markdown,
     secret_literals,
     stage_of_role,
+    worst_outcome,
     write_private,
 )
 
@@ -109,6 +112,13 @@ class CallbackModule(CallbackBase):  # type: ignore[misc]  # ansible ships no ty
         self._vars: dict[str, Any] = {}
         self._notify_headers: dict[str, str] = {}
         self._written: list[str] = []
+        # The fleet: every host of the play (inventory order, --limit applied), the hosts of each wave (one
+        # play start per serial batch), each host's own capital_report stats and its first and last event.
+        self._play_hosts: list[str] = []
+        self._waves: list[list[str]] = []
+        self._host_data: dict[str, dict[str, Any]] = {}
+        self._host_times: dict[str, list[datetime]] = {}
+        self._host_failure: dict[str, str] = {}
 
     # Every hook funnels into _event(kind, ...), like community.general.log_plays.
     def v2_playbook_on_start(self, playbook: Any) -> None:
@@ -156,7 +166,12 @@ class CallbackModule(CallbackBase):  # type: ignore[misc]  # ansible ships no ty
         hosts: list[Any] = []
         inventory = getattr(manager, "_inventory", None)
         if inventory is not None:
+            # Ansible restricts the inventory to the serial batch before each start of the play: one wave.
             hosts = inventory.get_hosts(play.hosts) or []
+            self._waves.append([host.get_name() for host in hosts])
+            for host in inventory.get_hosts(play.hosts, ignore_restrictions=True) or []:
+                if host.get_name() not in self._play_hosts:
+                    self._play_hosts.append(host.get_name())
         variables = manager.get_vars(play=play, host=hosts[0] if hosts else None)
         from ansible.template import Templar
 
@@ -192,6 +207,8 @@ class CallbackModule(CallbackBase):  # type: ignore[misc]  # ansible ships no ty
         return _task_stage(result._task)
 
     def _touch(self, result: Any) -> str | None:
+        times = self._host_times.setdefault(result._host.get_name(), [_now(), _now()])
+        times[1] = _now()
         stage = self._result_stage(result)
         if stage in self._stages:
             self._stages[stage]["finished"] = _now()
@@ -200,6 +217,19 @@ class CallbackModule(CallbackBase):  # type: ignore[misc]  # ansible ships no ty
     def _on_ok(self, result: Any) -> None:
         self._touch(result)
         self._collect_warnings(result)
+        self._host_stats(result)
+
+    def _host_stats(self, result: Any) -> None:
+        """Keep each host's own set_stats data: the merged custom stats mix a fleet's databases together."""
+        res = result._result if isinstance(result._result, dict) else {}
+        stats = res.get("ansible_stats")
+        if not isinstance(stats, dict) or not isinstance(stats.get("data"), dict):
+            return
+        mine = self._host_data.setdefault(result._host.get_name(), {})
+        if stats.get("aggregate", True):
+            deep_merge(mine, stats["data"])
+        else:
+            mine.update(json.loads(json.dumps(stats["data"], default=str)))
 
     def _on_skipped(self, result: Any) -> None:
         self._touch(result)
@@ -231,6 +261,7 @@ class CallbackModule(CallbackBase):  # type: ignore[misc]  # ansible ships no ty
                 "message": str(message).strip()[:4000],
             }
         )
+        self._host_failure.setdefault(result._host.get_name(), str(message).strip()[:2000])
         self._collect_warnings(result)
 
     def _on_unreachable(self, result: Any) -> None:
@@ -283,6 +314,17 @@ class CallbackModule(CallbackBase):  # type: ignore[misc]  # ansible ships no ty
                     **({"failed_task": entry["failed_task"]} if "failed_task" in entry else {}),
                 }
             )
+        fleet = self._fleet(hosts)
+        worst = worst_outcome(entry["outcome"] for entry in fleet["databases"])
+        if len(fleet["databases"]) > 1 and worst is not None:
+            # A fleet's run is its worst database's: its outcome, stage and cause (the CLI's exit code reads it).
+            first = next(e for e in fleet["databases"] if e["outcome"] == worst)
+            picked = self._host_data.get(first["host"], {}).get("capital_report", {}).get("run", {})
+            data = {**data, "run": {**(data.get("run") or {}), **(picked if isinstance(picked, dict) else {}),
+                                    "outcome": worst}}
+            if worst == "success":
+                for key in ("failed_stage", "cause", "failed_task", "bad_input"):
+                    data["run"].pop(key, None)
         run: dict[str, Any] = data["run"] if isinstance(data.get("run"), dict) else {}
         failed_hosts = any(h.get("failures") or h.get("unreachable") for h in hosts.values())
         outcome = run.get("outcome") or ("failed" if failed_hosts else "success")
@@ -308,8 +350,24 @@ class CallbackModule(CallbackBase):  # type: ignore[misc]  # ansible ships no ty
             "failures": self._failures,
             "warnings": self._warnings,
             "hosts": hosts,
+            "fleet": fleet,
             "data": data,
         }
+
+    def _fleet(self, hosts: dict[str, Any]) -> dict[str, Any]:
+        """Every database of the play: its wave, states, outcome, rows, backup, lock retries; the waves; totals."""
+        wave_of = {host: number for number, wave in enumerate(self._waves, 1) for host in wave}
+        names = self._play_hosts or sorted(hosts)
+        databases = []
+        for host in names:
+            times = self._host_times.get(host)
+            seconds = (times[1] - times[0]).total_seconds() if times else None
+            data = self._host_data.get(host, {}).get("capital_report", {})
+            databases.append(database_entry(host, data if isinstance(data, dict) else {}, hosts.get(host) or {},
+                                            wave_of.get(host) if host in hosts else None, seconds,
+                                            self._host_failure.get(host)))
+        waves = [{"number": number, "hosts": wave} for number, wave in enumerate(self._waves, 1)]
+        return {"databases": databases, "waves": waves, "totals": fleet_totals(databases)}
 
     def _run_id(self) -> str:
         if not hasattr(self, "_run_id_value"):

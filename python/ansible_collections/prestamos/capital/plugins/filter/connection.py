@@ -11,6 +11,7 @@ from ansible_collections.prestamos.capital.plugins.module_utils.inputs import (
     RULES,
     input_errors,
     report_dir_problem,
+    wave_keyword_errors,
 )
 from jinja2 import Undefined
 
@@ -57,12 +58,29 @@ def capital_conn(variables: Mapping[str, Any], database_url: str = "",
     return conn
 
 
+def _extra_var_names() -> frozenset[str] | None:
+    """The names given as extra variables (-e) to this ansible-playbook, or None when they cannot be read."""
+    try:
+        from ansible.parsing.dataloader import DataLoader
+        from ansible.utils.vars import load_extra_vars
+
+        return frozenset(load_extra_vars(DataLoader()))
+    except Exception:  # e.g. a vaulted extra-vars file: then nothing is refused for its sake
+        return None
+
+
 def capital_input_errors(values: Mapping[str, Any], database_url: str = "",
-                         environ: Mapping[str, str] | None = None, report_dir: str = "") -> list[str]:
-    """Every problem of the run's inputs (module_utils/inputs.py), the report directory's last."""
+                         environ: Mapping[str, str] | None = None, report_dir: str = "",
+                         waves: bool = False) -> list[str]:
+    """Every problem of the run's inputs (module_utils/inputs.py), the report directory's last.
+
+    ``waves``: the play splits into waves (migrate.yml), so its wave settings must be extra variables.
+    """
     known = {name: values[name] for name in (*RULES, *_VARIABLES) if name in values and name != CREDENTIAL_VARIABLE}
     unreadable = [UNTEMPLATABLE_CREDENTIAL] if isinstance(values.get(CREDENTIAL_VARIABLE), Undefined) else []
     errors = unreadable + input_errors(known, database_url, {k: v for k, v in (environ or {}).items() if v})
+    if waves:
+        errors += wave_keyword_errors(known, _extra_var_names())
     problem = report_dir_problem(report_dir) if isinstance(report_dir, str) else None
     return [*errors, *([problem] if problem else [])]
 

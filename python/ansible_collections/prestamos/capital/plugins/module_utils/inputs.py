@@ -184,6 +184,23 @@ def _text(value: Any) -> str | None:
     return "text without control characters (or empty)"
 
 
+def _wave_size(item: Any) -> bool:
+    """One wave's size as Ansible's serial takes it: a number of hosts (1 or more) or a percentage 1-100%."""
+    if isinstance(item, str) and item.strip().endswith("%"):
+        number = _as_int(item.strip()[:-1])
+        return number is not None and 1 <= number <= 100
+    number = _as_int(item)
+    return number is not None and number >= 1
+
+
+def _waves(value: Any) -> str | None:
+    items = value if isinstance(value, list) else [value]
+    if items and all(_wave_size(item) for item in items):
+        return None
+    return ("wave sizes: a number of databases (1 or more) or a percentage such as 25%, or a list of them "
+            "such as [1, \"25%\", \"100%\"] (the last size repeats until every database ran)")
+
+
 def _control(text: str) -> bool:
     return any(ord(char) < 32 or ord(char) == 127 for char in text)
 
@@ -224,7 +241,12 @@ RULES: dict[str, Rule] = {
     "capital_rollback_restore_from_database": Rule(_text),
     "capital_rollback_reason": Rule(_text),
     "capital_notify_url": _optional(http_url),
+    "capital_serial": Rule(_waves),
+    "capital_max_fail_percentage": integer(0, 100),
 }
+# Play keywords of migrate.yml (its waves): Ansible templates them before it reads any host variable, so only
+# extra variables reach them; the same names in an inventory would be ignored without a word.
+WAVE_DEFAULTS: dict[str, Any] = {"capital_serial": [1, "25%", "100%"], "capital_max_fail_percentage": 0}
 _CONNECTION = ("capital_db_host", "capital_db_port", "capital_db_user", "capital_db_name", "capital_db_sslmode")
 
 
@@ -244,6 +266,22 @@ def input_errors(values: Mapping[str, Any], database_url: str = "",
             resolve({k: values.get(k) for k in _CONNECTION}, database_url or None, environ or {})
         except DatabaseUrlError as exc:
             errors.append(str(exc))
+    return errors
+
+
+def wave_keyword_errors(values: Mapping[str, Any], extra_var_names: frozenset[str] | None) -> list[str]:
+    """A wave setting that reached the host's variables other than as an extra variable: refused, because the
+    play ran with the default instead (WAVE_DEFAULTS). ``extra_var_names`` None means unknown: nothing refused."""
+    if extra_var_names is None:
+        return []
+    errors = []
+    for name, default in WAVE_DEFAULTS.items():
+        if name in values and name not in extra_var_names and values[name] != default:
+            errors.append(
+                f"{name} is set in the inventory ({_show(values[name])}), where Ansible cannot see it: it splits "
+                f"the play into waves before it reads host variables, so this run would use {default!r}. Pass it "
+                f"as an extra variable (-e, capital-migrate --serial/--max-fail-percentage, an AWX job template's "
+                f"extra_vars) and remove it from the inventory")
     return errors
 
 

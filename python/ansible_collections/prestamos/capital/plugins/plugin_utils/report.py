@@ -10,7 +10,7 @@ import contextlib
 import json
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from decimal import Decimal, InvalidOperation
 from typing import Any
 from urllib.parse import unquote
@@ -283,6 +283,117 @@ def backup_info(report: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+# The outcomes from the least to the most urgent: a fleet's run has its worst database's outcome (and exit code).
+OUTCOME_SEVERITY = ("success", "preflight_refused", "lock_held", "drift", "rolled_back", "failed", "rollback_failed")
+# A database of the play that no wave reached (an earlier wave failed): unchanged by this run.
+NOT_RUN = "not_run"
+# What each outcome guarantees about the database afterwards, when the run could not say more itself.
+_STATE_KEPT = frozenset({"preflight_refused", "lock_held", "drift", NOT_RUN})
+
+
+def worst_outcome(outcomes: Iterable[str]) -> str | None:
+    """The most urgent of the outcomes (OUTCOME_SEVERITY); databases not run and unknown words do not count."""
+    ranked = [o for o in outcomes if o in OUTCOME_SEVERITY]
+    return max(ranked, key=OUTCOME_SEVERITY.index) if ranked else None
+
+
+def _state_before(data: Mapping[str, Any]) -> str | None:
+    migrate = _mapping(data.get("migrate"))
+    if migrate.get("state_before"):
+        return str(migrate["state_before"])
+    for check in _list(_mapping(data.get("preflight")).get("checks")):
+        if isinstance(check, Mapping) and check.get("name") in ("migration_state", "guide_schema"):
+            state = _mapping(check.get("value")).get("state")
+            return str(state) if state else None
+    return None
+
+
+def _state_after(outcome: str, before: str | None, data: Mapping[str, Any]) -> str:
+    """The state the run left: measured by the migrate stage on success; kept as before when the outcome
+    guarantees nothing was changed; not_applied after a completed rollback of a run that started unapplied."""
+    migrate = _mapping(data.get("migrate"))
+    if outcome == "success":
+        return str(migrate.get("state_after") or before or "unknown")
+    if outcome in _STATE_KEPT:
+        return before or "unknown"
+    if outcome == "rolled_back":
+        return before if before in ("not_applied", "partial") else "not_applied"
+    return "unknown (run capital-migrate status)"
+
+
+def database_entry(host: str, data: Mapping[str, Any], summary: Mapping[str, Any], wave: int | None,
+                   seconds: float | None, failure: str | None) -> dict[str, Any]:
+    """One database of a (fleet) run: where it is, its state before and after, outcome, rows, backup, lock retries.
+
+    ``data`` is the host's own capital_report stats, ``summary`` Ansible's per-host counts, ``failure`` the first
+    failure message of the host (an unreachable host records no outcome of its own).
+    """
+    run = _mapping(data.get("run"))
+    named = _mapping(_mapping(data.get("databases")).get(host))
+    if wave is None and not summary:
+        outcome = NOT_RUN
+    elif isinstance(run.get("outcome"), str) and run["outcome"] in OUTCOME_SEVERITY:
+        outcome = run["outcome"]
+    else:
+        outcome = "failed" if (summary.get("failures") or summary.get("unreachable") or failure) else "success"
+    before = _state_before(data)
+    rows, _by_source = _rows_backfilled({"data": data})
+    backup = backup_info({"data": data})
+    migrate = _mapping(data.get("migrate"))
+    return {
+        "host": host,
+        "server": f"{named['host']}:{named['port']}" if named.get("host") else None,
+        "database": named.get("database"),
+        "wave": wave,
+        "state_before": before,
+        "state_after": _state_after(outcome, before, data),
+        "outcome": outcome,
+        "failed_stage": run.get("failed_stage") if outcome not in ("success", NOT_RUN) else None,
+        "cause": (run.get("cause") or failure) if outcome not in ("success", NOT_RUN) else None,
+        "rows_backfilled": rows,
+        "duration_s": round(seconds, 3) if seconds is not None else None,
+        "backup_file": backup["path"],
+        "backup_sha256": backup["sha256"],
+        "lock_retries": migrate.get("lock_retries"),
+    }
+
+
+def fleet_totals(databases: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+    """How many databases ended in each outcome, and in all."""
+    totals: dict[str, int] = {"databases": len(databases)}
+    for entry in databases:
+        totals[str(entry["outcome"])] = totals.get(str(entry["outcome"]), 0) + 1
+    return totals
+
+
+def render_fleet(report: Mapping[str, Any]) -> list[str]:
+    """The fleet section of the Markdown report: the waves, one row per database, the totals."""
+    fleet = _mapping(report.get("fleet"))
+    databases = [d for d in _list(fleet.get("databases")) if isinstance(d, Mapping)]
+    if len(databases) < 2:
+        return []
+    lines = ["", "## Databases", ""]
+    waves = [w for w in _list(fleet.get("waves")) if isinstance(w, Mapping)]
+    if waves:
+        lines.append("Waves: " + "; ".join(f"{w.get('number')}: {', '.join(map(str, _list(w.get('hosts'))))}"
+                                           for w in waves))
+        lines.append("")
+    lines += _table(
+        ["Wave", "Host", "Server", "Database", "Before", "After", "Outcome", "Stage", "Rows", "Duration",
+         "Backup", "sha256", "Lock retries"],
+        [[d.get("wave") or "-", d.get("host"), d.get("server"), d.get("database"), d.get("state_before"),
+          d.get("state_after"), d.get("outcome"), d.get("failed_stage") or "", d.get("rows_backfilled"),
+          _fmt_duration(d.get("duration_s")) if d.get("duration_s") is not None else "",
+          d.get("backup_file"), d.get("backup_sha256"), d.get("lock_retries")] for d in databases],
+    )
+    totals = _mapping(fleet.get("totals"))
+    lines += ["", "Totals: " + ", ".join(f"{key} {value}" for key, value in totals.items())]
+    causes = [d for d in databases if d.get("cause")]
+    if causes:
+        lines += ["", "Causes:"] + [f"- {d.get('host')}: {d.get('cause')}" for d in causes]
+    return lines
+
+
 OUTCOME_WORDS = {
     "success": "SUCCESS",
     "rolled_back": "FAILED - ROLLED BACK (database as before)",
@@ -312,6 +423,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         lines.append(f"- **Failed stage:** {report['failed_stage']}")
     if report.get("cause"):
         lines.append(f"- **Cause:** {_cell(report['cause'])}")
+    lines += render_fleet(report)
     lines.append("")
 
     lines += ["## Stages", ""]
@@ -476,6 +588,16 @@ def render_text(report: Mapping[str, Any], title: str = "capital-migrate") -> st
         lines.append(
             f"  failed stage: {report.get('failed_stage') or '-'}   cause: {report.get('cause') or '-'}"
         )
+    databases = [d for d in _list(_mapping(report.get("fleet")).get("databases")) if isinstance(d, Mapping)]
+    if len(databases) > 1:
+        lines.append("")
+        lines.append(f"  {'wave':<5}{'database':<28}{'before':<13}{'after':<13}outcome")
+        for entry in databases:
+            where = f"{entry.get('host')} ({entry.get('database') or '?'})"
+            lines.append(f"  {entry.get('wave') or '-'!s:<5}{where:<28}{entry.get('state_before') or '-'!s:<13}"
+                         f"{str(entry.get('state_after') or '-')[:12]:<13}{entry.get('outcome')}")
+        counts = _mapping(_mapping(report.get("fleet")).get("totals"))
+        lines.append("  totals: " + ", ".join(f"{key} {value}" for key, value in counts.items()))
     stages = report.get("stages") or []
     if stages:
         lines.append("")
