@@ -167,7 +167,7 @@ SPECS = [
 # Taken literally (libpq receives them as parameters, never through a shell; a reason is recorded as text);
 # refused with a control character.
 FREE_TEXT = {"capital_db_host", "capital_db_user", "capital_db_name", "capital_rollback_restore_from_database",
-             "capital_rollback_reason"}
+             "capital_rollback_reason", "capital_change_ticket", "capital_approved_by"}
 # Mappings by design (the notice's headers).
 DICT_VALUED = {"capital_notify_headers"}
 # Play-level or secret: not a per-host value (the password is walked by the hostile-URL tests below).
@@ -175,6 +175,7 @@ NOT_WALKED = {"capital_target_hosts", "capital_db_password"}
 EMPTY_MEANS_UNSET = {"capital_db_host", "capital_db_user", "capital_db_name", "capital_db_port", "capital_db_sslmode",
                      "capital_migration_sql_sha256", "capital_rollback_backup_file",
                      "capital_rollback_restore_from_database", "capital_rollback_reason", "capital_notify_url",
+                     "capital_change_ticket", "capital_approved_by",
                      "capital_pg_bin_dir"}
 
 

@@ -5,6 +5,7 @@ Skipped only while the migrate role is not in the checkout (roles/migrate/tasks/
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -66,9 +67,20 @@ def test_every_subcommand_on_a_real_database(pg_db: Any, tmp_path: Path) -> None
     status = run_cli(["status", "--json", "--report-dir", str(tmp_path / "reports")], env)
     assert status.code == 0 and status.json()["status"]["state"] == "not_applied"
     for command in ("preflight", "plan", "backup", "migrate", "verify"):
-        done = run_cli([command, *_args(tmp_path)], env)
+        extra = ["-e", "capital_change_ticket=CHG-4711"] if command == "migrate" else []
+        done = run_cli([command, *_args(tmp_path), *extra], env)
         assert done.code == ExitCode.SUCCESS, (command, done.stderr, done.stdout)
-        done.json()
+        doc = done.json()
+        if command == "migrate":  # the report's evidence for the change record, from this run's own measurements
+            report = json.loads(Path(doc["report"]["json"]).read_text(encoding="utf-8"))
+            [entry] = report["evidence"]
+            assert entry["approval"] == {"change_ticket": "CHG-4711"}
+            assert entry["backup"]["sha256"] == doc["data"]["backup"]["sha256"] and len(entry["backup"]["sha256"]) == 64
+            assert entry["verification"]["passed"] is True and entry["verification"]["capital_discrepancies"] == 0
+            assert {"connection", "backup_space", "migration_state"} <= {c["name"] for c in entry["preflight_checks"]}
+            assert entry["locks"]["lock_retries"] == 0 and entry["locks"]["longest_statement"]["seconds"] > 0
+            markdown = Path(doc["report"]["markdown"]).read_text(encoding="utf-8")
+            assert "## Evidence for the change record" in markdown and entry["backup"]["sha256"] in markdown
     status = run_cli(["status", "--json", "--report-dir", str(tmp_path / "reports")], env)
     assert status.code == 0
     doc = status.json()

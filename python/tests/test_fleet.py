@@ -5,8 +5,9 @@ database on its own: a failed one is rolled back or refused by itself while the 
 wave with a failure stops the later waves (capital_max_fail_percentage 0). Planted failures: a held migration lock
 on the canary (everything stops, nothing changes), then a held lock and an unreachable server in the last wave
 (the other three end applied and exact, through the CLI, which exits with the worst outcome), then a rerun that
-resumes only what is not applied; last, a controller killed with SIGKILL mid-fleet, then a rerun that converges.
-After each run: no database partial, every applied one exact to the cent, every failed one as before.
+resumes only what is not applied (two slices at once through ansible-runner, as AWX's job slicing runs them);
+last, a controller killed with SIGKILL mid-fleet, then a rerun that converges. After each run: no database
+partial, every applied one exact to the cent, every failed one as before.
 """
 
 from __future__ import annotations
@@ -138,6 +139,29 @@ def assert_invariants(dbs: list[Database], unchanged: dict[int, dict[str, str]])
     return states
 
 
+def run_slices(directory: Path, inventory: Path, env: dict[str, str], slices: list[list[str]]) -> list[dict[str, Any]]:
+    """migrate.yml as AWX runs a sliced job: one ansible-runner job per slice of hosts, all at the same time;
+    each job's own run report."""
+    import ansible_runner
+
+    jobs = []
+    for number, hosts in enumerate(slices, 1):
+        index = directory / f"slice{number}.json"
+        (directory / f"runner-slice{number}").mkdir()
+        thread, runner = ansible_runner.run_async(
+            private_data_dir=str(directory / f"runner-slice{number}"), project_dir=str(ROOT), playbook="migrate.yml",
+            inventory=str(inventory), limit=",".join(hosts), extravars={"capital_serial": ["100%"]},
+            envvars={**env, "CAPITAL_REPORT_INDEX": str(index),
+                     "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"}, quiet=True)
+        jobs.append((thread, runner, index))
+    reports = []
+    for thread, runner, index in jobs:
+        thread.join(timeout=600)
+        assert runner.status == "successful", runner.stdout.read()[-3000:]
+        reports.append(json.loads(Path(json.loads(index.read_text())["json"]).read_text(encoding="utf-8")))
+    return reports
+
+
 @contextlib.contextmanager
 def long_lock(db: Database) -> Iterator[None]:
     """Another session holds the migration's advisory lock (a concurrent run) on this database."""
@@ -193,13 +217,14 @@ def test_waves_isolate_failures_and_a_rerun_resumes_only_what_is_not_applied(clu
         assert {row["host"]: row["state"] for row in status.json()["fleet_status"]} == {
             "db1": "applied", "db2": "applied", "db3": "applied", "db4": "not_applied", "db5": "unreachable"}
 
-        # 3. Rerun with the lock released and the server reachable: only db4 and db5 are migrated; the three
-        #    applied ones are verified again and reported unchanged (one wave: the waves were shown above).
-        resumed = run_playbook("migrate.yml", env, {"capital_serial": ["100%"]}, inventory=inventory)
-        assert resumed.rc == 0, resumed.output[-3000:]
-        report = latest_report(tmp_path)
-        hosts = by_host(report)
-        assert report["outcome"] == "success"
+        # 3. Rerun with the lock released and the server reachable, as AWX runs a job template with
+        #    job_slice_count 2: two ansible-runner jobs at the same time, each on its slice of the inventory's
+        #    hosts. Only db4 and db5 are migrated; the three applied ones are verified again and reported
+        #    unchanged (one wave per slice: the waves were shown above).
+        reports = run_slices(tmp_path, inventory, env, [["db1", "db3", "db5"], ["db2", "db4"]])
+        assert [sorted(by_host(r)) for r in reports] == [["db1", "db3", "db5"], ["db2", "db4"]]
+        assert [r["outcome"] for r in reports] == ["success", "success"]
+        hosts = {**by_host(reports[0]), **by_host(reports[1])}
         for host in ("db1", "db2", "db3"):
             assert (hosts[host]["state_before"], hosts[host]["state_after"]) == ("applied", "applied")
             assert hosts[host]["backup_file"] is None, hosts[host]  # nothing to back up: a no-op run

@@ -254,6 +254,8 @@ def test_index_build_timed_out_by_a_writer_is_rebuilt_valid_on_retry(pg_db) -> N
         migration.join()
     assert "error" not in outcome, outcome.get("error")
     assert outcome["result"]["lock_retries"] >= 1
+    # The attempt that gave up waited its whole lock_timeout: the longest lock wait the run reports (evidence).
+    assert outcome["result"]["longest_lock_wait_ms"] >= 300
     rows = run_sql(pg_db, "SELECT indisvalid, indisready FROM pg_index WHERE indexrelid = to_regclass(%s)", (index,))
     assert rows == [(True, True)]
 

@@ -67,6 +67,7 @@ from ansible_collections.prestamos.capital.plugins.plugin_utils.report import (
     REPORT_FORMAT,
     database_entry,
     deep_merge,
+    evidence,
     fleet_totals,
     redact,
     render_markdown,
@@ -78,6 +79,11 @@ from ansible_collections.prestamos.capital.plugins.plugin_utils.report import (
 
 # Variables read from the play (templated) once per play: where to write, what to call the run.
 _PLAY_VARS = ("capital_report_dir", "capital_env", "capital_db_password", "capital_notify_url")
+# Who approved and launched the run, for the report's evidence: the operator's own variables, and the extra
+# variables AWX gives every job (user, job and workflow job ids).
+_APPROVAL_VARS = {"change_ticket": "capital_change_ticket", "approved_by": "capital_approved_by",
+                  "launched_by": "awx_user_name", "awx_job_id": "awx_job_id",
+                  "awx_workflow_job_id": "awx_workflow_job_id"}
 
 
 def _task_stage(task: Any) -> str | None:
@@ -176,7 +182,7 @@ class CallbackModule(CallbackBase):  # type: ignore[misc]  # ansible ships no ty
         from ansible.template import Templar
 
         templar = Templar(loader=loader, variables=variables)
-        for name in _PLAY_VARS:
+        for name in (*_PLAY_VARS, *_APPROVAL_VARS.values()):
             if name in variables:
                 try:
                     value = templar.template(variables[name])
@@ -351,8 +357,17 @@ class CallbackModule(CallbackBase):  # type: ignore[misc]  # ansible ships no ty
             "warnings": self._warnings,
             "hosts": hosts,
             "fleet": fleet,
+            "evidence": self._evidence(data, fleet),
             "data": data,
         }
+
+    def _evidence(self, data: dict[str, Any], fleet: dict[str, Any]) -> list[dict[str, Any]]:
+        """One evidence entry per database that ran (each from its own stats); the merged data without hosts."""
+        approval = {key: self._vars.get(name) for key, name in _APPROVAL_VARS.items()}
+        ran = [entry["host"] for entry in fleet["databases"] if entry["outcome"] != "not_run"]
+        if not ran:
+            return [evidence(None, data, approval)]
+        return [evidence(host, self._host_data.get(host, {}).get("capital_report", {}), approval) for host in ran]
 
     def _fleet(self, hosts: dict[str, Any]) -> dict[str, Any]:
         """Every database of the play: its wave, states, outcome, rows, backup, lock retries; the waves; totals."""

@@ -241,6 +241,8 @@ RULES: dict[str, Rule] = {
     "capital_rollback_restore_from_database": Rule(_text),
     "capital_rollback_reason": Rule(_text),
     "capital_notify_url": _optional(http_url),
+    "capital_change_ticket": Rule(_text),
+    "capital_approved_by": Rule(_text),
     "capital_serial": Rule(_waves),
     "capital_max_fail_percentage": integer(0, 100),
 }

@@ -260,6 +260,7 @@ class Migrator(BackfillRunner):
             "batches": self.batches,
             "batches_rerun": self.batches_rerun,
             "lock_retries": self.lock_retries,
+            "longest_lock_wait_ms": round(self.longest_lock_wait_ms),
             "run_id": self.run_id,
             "accepted_sha256": {version: sorted(shas) for version, shas in self.accepted.items()},
             **extra,

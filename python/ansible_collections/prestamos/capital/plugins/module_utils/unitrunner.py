@@ -161,17 +161,25 @@ class UnitRunner:
     def _backoff(self, attempt: int) -> float:
         return float(min(self.options.lock_backoff * (2 ** (attempt - 1)), self.options.lock_backoff_max))
 
+    # The longest wait for a lock the run measured: an attempt that gave up at lock_timeout or on a deadlock
+    # (its whole time was the wait). Reported for the change record (the report's evidence).
+    longest_lock_wait_ms: float = 0.0
+
     def _attempt(self, work: Callable[[], Any], where: str) -> tuple[Any, int]:
         """Run ``work`` (one transaction) and retry it on lock timeout/deadlock only, with backoff."""
         attempt = 0
         while True:
             attempt += 1
+            started = time.monotonic()
             try:
                 return work(), attempt
             except Exception as exc:
                 pgcode = getattr(exc, "pgcode", None)
                 if pgcode is None and not hasattr(exc, "pgerror"):
                     raise
+                if pgcode in RETRYABLE_SQLSTATES:
+                    waited = (time.monotonic() - started) * 1000
+                    self.longest_lock_wait_ms = max(self.longest_lock_wait_ms, waited)
                 self._rollback_quietly()
                 stopping = getattr(self, "stop_signal", None) is not None  # no more waiting once asked to stop
                 if pgcode in RETRYABLE_SQLSTATES and attempt <= self.options.lock_retries and not stopping:

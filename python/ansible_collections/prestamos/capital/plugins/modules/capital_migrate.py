@@ -127,6 +127,12 @@ lock_retries:
   description: Total retries after lock timeouts or deadlocks.
   returned: always
   type: int
+longest_lock_wait_ms:
+  description:
+    - The longest attempt that gave up waiting for a lock (lock_timeout) or on a deadlock, in milliseconds; 0 when
+      every lock was granted at once. For the change record (the run report's evidence).
+  returned: success
+  type: int
 batches_rerun:
   description:
     - Backfill batches an application write raced (its sync trigger wrote one of the batch's rows after the

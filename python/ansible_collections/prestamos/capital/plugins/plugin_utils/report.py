@@ -358,6 +358,71 @@ def database_entry(host: str, data: Mapping[str, Any], summary: Mapping[str, Any
     }
 
 
+def evidence(host: str | None, data: Mapping[str, Any], approval: Mapping[str, Any]) -> dict[str, Any]:
+    """What a change record needs of one database's run, measured by the run itself: the preflight checks with
+    their values, the backup's sha256 and restore test, the lock retries and the longest lock-taking statement,
+    the verification results, and who approved and launched it (when known)."""
+    named = _mapping(_mapping(data.get("databases")).get(host)) if host else {}
+    backup = _mapping(data.get("backup"))
+    migrate = _mapping(data.get("migrate"))
+    verify = _mapping(data.get("verify"))
+    capital_check = _mapping(verify.get("capital_check"))
+    return {
+        "host": host,
+        "database": named.get("database"),
+        "preflight_checks": [{"name": c.get("name"), "status": c.get("status"), "value": c.get("value")}
+                             for c in checks({"data": data})],
+        "backup": {"file": backup.get("file"), "sha256": backup.get("sha256"), "verified": backup.get("verified"),
+                   "restore_test": backup.get("restore_test")} if backup else None,
+        "locks": {"lock_retries": migrate.get("lock_retries"),
+                  "longest_lock_wait_ms": migrate.get("longest_lock_wait_ms"),
+                  "longest_statement": migrate.get("longest_statement")} if migrate else None,
+        "verification": {"passed": verify.get("passed"), "failed_checks": verify.get("failed_checks"),
+                         "capital_discrepancies": capital_check.get("discrepancy_count"),
+                         "juntas_checked": capital_check.get("juntas_checked"),
+                         "sql_suite_passed": _mapping(verify.get("sql_suite")).get("passed")} if verify else None,
+        "approval": {key: value for key, value in approval.items() if value not in (None, "")},
+    }
+
+
+def render_evidence(report: Mapping[str, Any]) -> list[str]:
+    """The evidence section of the Markdown report, one block per database."""
+    entries = [e for e in _list(report.get("evidence")) if isinstance(e, Mapping)]
+    if not entries:
+        return []
+    lines = ["## Evidence for the change record", ""]
+    for entry in entries:
+        if len(entries) > 1:
+            lines += [f"### {entry.get('host')} ({entry.get('database') or '?'})", ""]
+        approval = _mapping(entry.get("approval"))
+        lines.append("- **Approval:** " + (", ".join(f"{k} {v}" for k, v in approval.items()) or "not recorded "
+                     "(set capital_change_ticket / capital_approved_by, or run from AWX)"))
+        backup = _mapping(entry.get("backup"))
+        if backup:
+            lines.append(f"- **Backup:** `{backup.get('file')}` sha256 `{backup.get('sha256')}`, verified "
+                         f"{backup.get('verified')}, restore test: {_cell(backup.get('restore_test'))}")
+        locks = _mapping(entry.get("locks"))
+        if locks:
+            longest = _mapping(locks.get("longest_statement"))
+            wait = locks.get("longest_lock_wait_ms")
+            lines.append(f"- **Locks:** {locks.get('lock_retries')} lock retries; longest lock wait "
+                         f"{wait if wait is not None else '-'} ms; longest statement {longest.get('seconds', '-')} s "
+                         f"({longest.get('file', '?')}:{longest.get('line', '?')}, {longest.get('attempts', '-')} "
+                         "attempt(s))")
+        verification = _mapping(entry.get("verification"))
+        if verification:
+            lines.append(f"- **Verification:** passed {verification.get('passed')}, capital discrepancies "
+                         f"{verification.get('capital_discrepancies')} over {verification.get('juntas_checked')} "
+                         f"juntas, SQL suite passed {verification.get('sql_suite_passed')}, failed checks "
+                         f"{_cell(verification.get('failed_checks') or 'none')}")
+        checks_ = [c for c in _list(entry.get("preflight_checks")) if isinstance(c, Mapping)]
+        if checks_:
+            lines += ["", *_table(["preflight check", "result", "value"],
+                                  [[c.get("name"), c.get("status"), c.get("value")] for c in checks_])]
+        lines.append("")
+    return lines
+
+
 def fleet_totals(databases: Sequence[Mapping[str, Any]]) -> dict[str, int]:
     """How many databases ended in each outcome, and in all."""
     totals: dict[str, int] = {"databases": len(databases)}
@@ -425,6 +490,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         lines.append(f"- **Cause:** {_cell(report['cause'])}")
     lines += render_fleet(report)
     lines.append("")
+    lines += render_evidence(report)
 
     lines += ["## Stages", ""]
     stage_rows = [
