@@ -51,8 +51,11 @@ integration: setup
 molecule: setup
 	scripts/molecule-all.sh
 
+# make test runs the tests on two workers (each starts its own throwaway clusters; a test file stays on one
+# worker, so its module fixtures are shared as written) and lists the slowest: PYTEST_PARALLEL= runs them in one.
+PYTEST_PARALLEL ?= -n 2 --dist loadfile
 test: lint pg-versions
-	$(BIN)/pytest -q python/tests
+	$(BIN)/pytest -q $(PYTEST_PARALLEL) --durations=25 python/tests
 	$(MAKE) --no-print-directory molecule
 
 demo: setup
