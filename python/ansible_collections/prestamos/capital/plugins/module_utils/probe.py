@@ -52,8 +52,6 @@ def run_probes(conn: Any, probes: Mapping[str, str], params: Mapping[str, Any] |
     from psycopg2 import sql as pgsql
 
     conn.autocommit = False
-    results: dict[str, Any] = {}
-    errors: dict[str, str] = {}
     try:
         with conn.cursor() as cur:
             cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
@@ -61,23 +59,7 @@ def run_probes(conn: Any, probes: Mapping[str, str], params: Mapping[str, Any] |
                 cur.execute("SET TRANSACTION SNAPSHOT %s", (snapshot,))
             for name, value in (settings or {}).items():
                 cur.execute("SELECT set_config(%s, %s, true)", (name, str(value)))
-            for name, text in probes.items():
-                if name in optional:
-                    cur.execute("SAVEPOINT capital_probe")
-                try:
-                    # Only the parameters the probe names: psycopg2 reads a bare % as a placeholder only
-                    # when it is given parameters.
-                    used = {k: v for k, v in (params or {}).items() if f"%({k})s" in text}
-                    cur.execute(text, used or None)
-                except Exception as exc:  # psycopg2.Error: named by its probe
-                    if name not in optional:
-                        raise ProbeError(name, str(exc).strip(), getattr(exc, "pgcode", None)) from exc
-                    cur.execute("ROLLBACK TO SAVEPOINT capital_probe")
-                    results[name], errors[name] = None, str(exc).strip()
-                    continue
-                columns = [column[0] for column in cur.description or ()]
-                results[name] = [dict(zip(columns, (plain(v) for v in row), strict=True))
-                                 for row in (cur.fetchall() if cur.description else [])]
+            results, errors = probe_rows(cur, probes, params, optional)
             if count_rows:
                 counted = []
                 for table in count_rows:
@@ -93,3 +75,29 @@ def run_probes(conn: Any, probes: Mapping[str, str], params: Mapping[str, Any] |
     if errors:
         results["_errors"] = errors
     return results
+
+
+def probe_rows(cur: Any, probes: Mapping[str, str], params: Mapping[str, Any] | None = None,
+               optional: Collection[str] = ()) -> tuple[dict[str, Any], dict[str, str]]:
+    """Each probe's rows under its name, and the errors of refused optional probes, read with ``cur`` in the
+    transaction it is in (run_probes's, or the snapshot a pg_dump reads: module_utils/snapshot_dump.py)."""
+    results: dict[str, Any] = {}
+    errors: dict[str, str] = {}
+    for name, text in probes.items():
+        if name in optional:
+            cur.execute("SAVEPOINT capital_probe")
+        try:
+            # Only the parameters the probe names: psycopg2 reads a bare % as a placeholder only
+            # when it is given parameters.
+            used = {k: v for k, v in (params or {}).items() if f"%({k})s" in text}
+            cur.execute(text, used or None)
+        except Exception as exc:  # psycopg2.Error: named by its probe
+            if name not in optional:
+                raise ProbeError(name, str(exc).strip(), getattr(exc, "pgcode", None)) from exc
+            cur.execute("ROLLBACK TO SAVEPOINT capital_probe")
+            results[name], errors[name] = None, str(exc).strip()
+            continue
+        columns = [column[0] for column in cur.description or ()]
+        results[name] = [dict(zip(columns, (plain(v) for v in row), strict=True))
+                         for row in (cur.fetchall() if cur.description else [])]
+    return results, errors

@@ -1,0 +1,109 @@
+"""pg_dump and read-only probes in one exported snapshot, at the same time: plain, typed Python for the
+module ``prestamos.capital.capital_snapshot_dump``.
+
+Why: preflight's data pass and the backup's dump read the same legacy rows. Run one after the other they
+cost both reads and describe two moments; here one ``REPEATABLE READ`` transaction exports its snapshot
+(``pg_export_snapshot()``), ``pg_dump --snapshot=<id>`` dumps exactly that state while the same
+transaction runs the probes, so the findings describe exactly the data that was backed up.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ansible_collections.prestamos.capital.plugins.module_utils.probe import ProbeError, probe_rows
+
+
+@dataclass
+class SnapshotDump:
+    """What happened: the snapshot, pg_dump's exit and stderr, the probes' rows, and the times."""
+
+    snapshot: str
+    snapshot_time: str
+    rc: int
+    stderr: str
+    rows: dict[str, Any] = field(default_factory=dict)
+    dump_seconds: float = 0.0
+    probe_seconds: float = 0.0
+    seconds: float = 0.0
+
+
+def remove(path: str) -> None:
+    """Remove a partial dump (a file, or a directory dump) if it is there."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    elif os.path.lexists(path):
+        os.unlink(path)
+
+
+def snapshot_dump(conn: Any, dump_argv: Sequence[str], partial: str, probes: Mapping[str, str],
+                  params: Mapping[str, Any] | None = None, settings: Mapping[str, str] | None = None,
+                  optional: Collection[str] = (), lock_tables: Sequence[str] = (),
+                  lock_timeout_s: int = 0) -> SnapshotDump:
+    """Export a snapshot, start ``dump_argv + ['--snapshot=<id>']`` and run ``probes`` in that snapshot
+    meanwhile; wait for the dump; return both. A refused probe stops the dump (ProbeError); a failed dump
+    (rc != 0) or any error removes ``partial``.
+
+    ``lock_tables`` are locked ACCESS SHARE before the snapshot is taken (LOCK TABLE takes none), with
+    ``lock_timeout_s`` as lock_timeout, so no DDL on them can fall between the snapshot and pg_dump's own
+    locks. The environment (PGPASSFILE, PATH) is the caller's: the password never reaches an argv.
+    """
+    from psycopg2 import sql as pgsql
+
+    began = time.monotonic()
+    conn.autocommit = False
+    proc: subprocess.Popen[bytes] | None = None
+    err = tempfile.TemporaryFile()
+    ok = False
+    try:
+        with conn.cursor() as cur:
+            cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            if lock_tables:
+                cur.execute("SELECT set_config('lock_timeout', %s, true)", (f"{int(lock_timeout_s)}s",))
+                cur.execute(pgsql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE").format(
+                    pgsql.SQL(", ").join(pgsql.Identifier(t) for t in lock_tables)))
+                cur.execute("SELECT set_config('lock_timeout', '0', true)")
+            cur.execute("SELECT pg_export_snapshot(), to_char(now() AT TIME ZONE 'UTC', "
+                        "'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')")
+            row = cur.fetchone()
+            snapshot, snapshot_time = str(row[0]), str(row[1])
+            for name, value in (settings or {}).items():
+                cur.execute("SELECT set_config(%s, %s, true)", (name, str(value)))
+            dump_began = time.monotonic()
+            # The argv is the caller's (the backup role's directory guard and pg_dump options); only the
+            # snapshot is added. stdout is pg_dump's (it writes to --file), stderr kept for the message.
+            proc = subprocess.Popen([*dump_argv, f"--snapshot={snapshot}"], stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.DEVNULL, stderr=err)
+            probe_began = time.monotonic()
+            rows, errors = probe_rows(cur, probes, params, optional)
+            probe_seconds = time.monotonic() - probe_began
+            if errors:
+                rows["_errors"] = errors
+            # The snapshot must stay exported until pg_dump has imported it: wait with the transaction open.
+            rc = proc.wait()
+            dump_seconds = time.monotonic() - dump_began
+        err.seek(0)
+        stderr = err.read().decode("utf-8", "replace")
+        ok = rc == 0
+        return SnapshotDump(snapshot, snapshot_time, rc, stderr, rows, round(dump_seconds, 3),
+                            round(probe_seconds, 3), round(time.monotonic() - began, 3))
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            proc.wait()
+        try:
+            conn.rollback()
+        finally:
+            err.close()
+            if not ok:
+                remove(partial)
+
+
+__all__ = ["ProbeError", "SnapshotDump", "remove", "snapshot_dump"]
