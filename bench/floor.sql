@@ -14,7 +14,10 @@
 \set ON_ERROR_STOP on
 \ir ../files/sql/10_expand_tables.sql
 \ir ../files/sql/11_expand_columns.sql
-\ir ../files/sql/12_functions.sql
+\ir ../files/sql/12_model_functions.sql
+\ir ../files/sql/12_sync_functions.sql
+\ir ../files/sql/12_backfill_functions.sql
+\ir ../files/sql/12_enforce_functions.sql
 
 BEGIN;
 -- Indexes are cheaper to build once than to maintain row by row (the junta index is not there yet: the

@@ -36,7 +36,10 @@ $$;
 
 \ir 10_expand_tables.sql
 \ir 11_expand_columns.sql
-\ir 12_functions.sql
+\ir 12_model_functions.sql
+\ir 12_sync_functions.sql
+\ir 12_backfill_functions.sql
+\ir 12_enforce_functions.sql
 \ir 13_indexes.sql
 \ir 14_triggers.sql
 \ir 20_backfill.sql
