@@ -75,6 +75,7 @@ def main() -> int:
     collections = wanted()
     stamp = json.dumps({"wheel_sha256": ANSIBLE_SHA256, "collections": collections}, sort_keys=True)
     if STAMP.exists() and STAMP.read_text() == stamp:
+        STAMP.touch()  # up to date: newer than its inputs again, so make does not ask next time
         return 0
     wheel = fetch_wheel()
     with zipfile.ZipFile(wheel) as archive:

@@ -3,11 +3,12 @@
 migrate.yml runs one canary database, then 25 %, then the rest (capital_serial, default [1, "25%", "100%"]), each
 database on its own: a failed one is rolled back or refused by itself while the others of its wave finish, and a
 wave with a failure stops the later waves (capital_max_fail_percentage 0). Planted failures: a held migration lock
-on the canary (everything stops, nothing changes), then a held lock and an unreachable server in the last wave
-(the other three end applied and exact, through the CLI, which exits with the worst outcome), then a rerun that
-resumes only what is not applied (two slices at once through ansible-runner, as AWX's job slicing runs them);
-last, a controller killed with SIGKILL mid-fleet, then a rerun that converges. After each run: no database
-partial, every applied one exact to the cent, every failed one as before.
+on the canary (everything stops, nothing changes), then a database whose migrate stage fails (rolled back by
+itself) and an unreachable server in the last wave (the other three end applied and exact, through the CLI,
+which exits with the worst outcome), then a rerun that resumes only what is not applied (two slices at once
+through ansible-runner, as AWX's job slicing runs them), then a drifted canary (everything stops again); last, a
+controller killed with SIGKILL mid-fleet, then a rerun that converges. After each run: no database partial,
+every applied one exact to the cent, every failed one as before.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from ansible_collections.prestamos.capital.plugins.module_utils.migration import
 from capital_migrate.pgtmp import Cluster, Database, PgTmpError, clean_environ, find_bindir, temporary_database
 from cli_support import run_cli
 from migration_helpers import assert_figures_exact, migration_lock_held, seed_db, sql_files
+from notify_support import refuse_ddl
 from playbook_support import ANSIBLE_PLAYBOOK, ROOT, playbook_env, run_playbook
 from test_playbooks import checksums
 
@@ -188,19 +190,22 @@ def test_waves_isolate_failures_and_a_rerun_resumes_only_what_is_not_applied(clu
         assert {hosts[f"db{i}"]["outcome"] for i in range(2, FLEET_SIZE + 1)} == {"not_run"}
         assert_invariants(dbs, unchanged=before)
 
-        # 2. The last wave holds a database locked by another run (db4) and one whose server is unreachable
-        #    (db5): waves 1 and 2 (db1, db2) and the rest of wave 3 (db3) end applied and exact; the CLI
-        #    prints one line per database and exits with the worst outcome (lock held: 7).
+        # 2. The last wave holds a database whose server refuses the migration's CREATE TRIGGER (db4: it fails
+        #    in the migrate stage and is rolled back by itself) and one whose server is unreachable (db5): waves
+        #    1 and 2 (db1, db2) and the rest of wave 3 (db3) end applied and exact; the CLI prints one line per
+        #    database and exits with the worst outcome (rolled back: 4).
         broken = write_inventory(tmp_path, dbs, ports={4: CLOSED_PORT}, name="fleet-broken")
-        with long_lock(dbs[3]):
-            done = run_cli(["migrate", "-i", str(broken), "--report-dir", str(tmp_path / "reports")], env)
-        assert done.code == 7, done.stdout[-3000:] + done.stderr[-3000:]
+        refuse_ddl(dbs[3], "fleet_refuse_triggers", ["CREATE TRIGGER"])
+        done = run_cli(["migrate", "-i", str(broken), "--report-dir", str(tmp_path / "reports")], env)
+        assert done.code == 4, done.stdout[-3000:] + done.stderr[-3000:]
         report = latest_report(tmp_path)
         hosts = by_host(report)
         assert [w["hosts"] for w in report["fleet"]["waves"]] == [["db1"], ["db2"], ["db3", "db4", "db5"]]
         assert {h: e["outcome"] for h, e in hosts.items()} == {
-            "db1": "success", "db2": "success", "db3": "success", "db4": "lock_held", "db5": "preflight_refused"}
-        assert report["fleet"]["totals"] == {"databases": 5, "success": 3, "lock_held": 1, "preflight_refused": 1}
+            "db1": "success", "db2": "success", "db3": "success", "db4": "rolled_back", "db5": "preflight_refused"}
+        assert report["fleet"]["totals"] == {"databases": 5, "success": 3, "rolled_back": 1, "preflight_refused": 1}
+        assert report["outcome"] == "rolled_back" and hosts["db4"]["failed_stage"] == "migrate", hosts["db4"]
+        assert (hosts["db4"]["state_before"], hosts["db4"]["state_after"]) == ("not_applied", "not_applied")
         for host in ("db1", "db2", "db3"):
             entry = hosts[host]
             assert (entry["state_before"], entry["state_after"]) == ("not_applied", "applied"), entry
@@ -217,7 +222,10 @@ def test_waves_isolate_failures_and_a_rerun_resumes_only_what_is_not_applied(clu
         assert {row["host"]: row["state"] for row in status.json()["fleet_status"]} == {
             "db1": "applied", "db2": "applied", "db3": "applied", "db4": "not_applied", "db5": "unreachable"}
 
-        # 3. Rerun with the lock released and the server reachable, as AWX runs a job template with
+        with contextlib.closing(dbs[3].connect()) as conn, conn, conn.cursor() as cur:
+            cur.execute("DROP EVENT TRIGGER fleet_refuse_triggers; DROP FUNCTION fleet_refuse_triggers()")
+
+        # 3. Rerun with the triggers allowed and the server reachable, as AWX runs a job template with
         #    job_slice_count 2: two ansible-runner jobs at the same time, each on its slice of the inventory's
         #    hosts. Only db4 and db5 are migrated; the three applied ones are verified again and reported
         #    unchanged (one wave per slice: the waves were shown above).
@@ -231,6 +239,17 @@ def test_waves_isolate_failures_and_a_rerun_resumes_only_what_is_not_applied(clu
         for host in ("db4", "db5"):
             assert (hosts[host]["state_before"], hosts[host]["state_after"]) == ("not_applied", "applied")
         assert assert_invariants(dbs, unchanged={}) == ["applied"] * FLEET_SIZE
+
+        # 4. The canary drifted (its applied migration is not these SQL files): refused, the later waves do not
+        #    start, nothing changes; exit 6.
+        drift = "INSERT INTO capital_migration_history (version, sql_sha256, outcome) VALUES ('1', %s, 'applied')"
+        with contextlib.closing(dbs[0].connect()) as conn, conn, conn.cursor() as cur:
+            cur.execute(drift, ("0" * 64,))
+        drifted = run_cli(["migrate", "-i", str(inventory), "--quiet", "--json"], env)
+        assert drifted.code == 6, drifted.stderr[-3000:]
+        doc = drifted.json()
+        assert [d["outcome"] for d in doc["fleet"]["databases"]] == ["drift"] + ["not_run"] * (FLEET_SIZE - 1)
+        assert [state(db) for db in dbs] == ["drifted"] + ["applied"] * (FLEET_SIZE - 1)
 
 
 def test_a_controller_killed_mid_fleet_converges_on_rerun(clusters: list[Cluster], tmp_path: Path) -> None:

