@@ -219,7 +219,7 @@ def test_every_documented_variable_with_wrong_values_is_refused_before_anything(
            "ANSIBLE_CALLBACK_RESULT_FORMAT": "json", "ANSIBLE_FORKS": "25",
            "CAPITAL_REPORT_DIR": str(tmp_path / "reports"), "PGDATABASE": "not_contacted"}
     done = subprocess.run([ANSIBLE_PLAYBOOK, "-i", str(inventory), "preflight.yml", "--tags", "always"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=240, check=False)
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900, check=False)
     refusals: dict[str, str] = {}
     for line in done.stdout.splitlines():
         if line.startswith("fatal: [") and "]: FAILED! => " in line:
