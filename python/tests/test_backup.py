@@ -152,6 +152,31 @@ def test_directory_format_dumps_in_parallel_with_a_reproducible_sha256(seeded_db
     assert manifest["sha256"] == hashlib.sha256(lines.encode()).hexdigest() == run.report("backup")["sha256"]
 
 
+def compression(dump: Path) -> str:
+    """The compression pg_restore --list reads from the dump's header ("1"/"0" from pg_dump 15, "gzip"/"none" later)."""
+    toc = subprocess.run(["pg_restore", "--list", str(dump)], capture_output=True, text=True, check=True)
+    found = re.search(r"^;\s+Compression: (\S+)", toc.stdout, re.MULTILINE)
+    assert found, toc.stdout
+    return found[1]
+
+
+def test_the_dump_is_compressed_at_level_1_unless_told_otherwise(seeded_db: Database, tmp_path: Path) -> None:
+    default = backup(seeded_db, tmp_path / "default", tmp_path / "reports")
+    plain = backup(seeded_db, tmp_path / "uncompressed", tmp_path / "reports", capital_backup_compress=0)
+
+    assert default.rc == 0 and plain.rc == 0, default.output + plain.output
+    assert compression(dumps(tmp_path / "default")[0]) in {"1", "gzip"}
+    assert compression(dumps(tmp_path / "uncompressed")[0]) in {"0", "none"}
+
+
+def test_a_compression_level_out_of_range_is_refused_before_anything_is_written(seeded_db: Database,
+                                                                                 tmp_path: Path) -> None:
+    run = backup(seeded_db, tmp_path / "backups", tmp_path / "reports", capital_backup_compress=10)
+    assert run.rc != 0
+    assert "capital_backup_compress" in run.output and "10" in run.output
+    assert not (tmp_path / "backups").exists()
+
+
 def test_invalid_format_is_refused_before_anything_is_written(seeded_db: Database, tmp_path: Path) -> None:
     run = backup(seeded_db, tmp_path / "backups", tmp_path / "reports", capital_backup_format="plain")
     assert run.rc != 0

@@ -224,6 +224,7 @@ RULES: dict[str, Rule] = {
     "capital_lock_backoff_max": real(0, 3600),
     "capital_batch_size": integer(1, 10_000_000),
     "capital_backup_jobs": integer(1, 64),
+    "capital_backup_compress": integer(0, 9),
     "capital_backup_keep": integer(1, 10_000),
     "capital_backup_lock_wait_timeout": integer(1, 86_400),
     "capital_backup_space_factor": real(0, 100),
