@@ -295,8 +295,10 @@ class Migrator(BackfillRunner):
         found = self._survey()
         if state_before == "applied":
             self._refuse_unproven(found, state_before)
-            # Applied before the record existed (or through psql): adopt what matches, nothing else changes.
-            adopt = bool(found.adoptable or found.claimable) and not check_mode
+            # Applied before the record existed (or through psql): adopt what matches, and bring the rows of
+            # objects an accepted earlier layout recorded and the SQL files since replaced up to date; nothing
+            # else changes. (An object an accepted earlier layout made stays as it is: same objects, same rules.)
+            adopt = bool(found.adoptable or found.claimable or found.upgraded) and not check_mode
             if adopt:
                 self._open_record(found)
             return self._result(

@@ -214,8 +214,31 @@ def read_catalog(cursor: Any) -> dict[Key, Found]:
         cursor.execute("ROLLBACK")
 
 
-def load_inventory(text: str | None) -> dict[Key, str]:
-    """The inventory file's objects -> the sha256 of the definition the SQL files give each."""
+class Inventory(dict[Key, str]):
+    """The inventory: every object the SQL files create -> the sha256 of the definition they give it.
+
+    ``accepted``: per object, the definitions earlier layouts of the same migration version gave it and that
+    are still this migration's own (the ``definitions`` of accepted_checksums.json, copied into the inventory
+    file by ``make inventory`` so that every reader of the inventory, the reverse migration too, has them).
+    """
+
+    def __init__(self, objects: Mapping[Key, str] | None = None,
+                 accepted: Mapping[Key, frozenset[str]] | None = None) -> None:
+        super().__init__(objects or {})
+        self.accepted: dict[Key, frozenset[str]] = dict(accepted or {})
+
+
+def known_definitions(inventory: Mapping[Key, str], key: Key) -> frozenset[str]:
+    """The definitions of ``key`` that are this migration's: what the SQL files create now, and what an
+    accepted earlier layout created (``Inventory.accepted``)."""
+    now = inventory.get(key)
+    earlier = inventory.accepted.get(key, frozenset()) if isinstance(inventory, Inventory) else frozenset()
+    return earlier | {now} if now is not None else frozenset()
+
+
+def load_inventory(text: str | None) -> Inventory:
+    """The inventory file's objects -> the sha256 of the definition the SQL files give each (and, in
+    ``accepted``, the definitions accepted earlier layouts gave them)."""
     if not text:
         raise ProvenanceError(
             f"the migration SQL lacks {INVENTORY_FILE} (the list of objects the migration creates); "
@@ -223,15 +246,43 @@ def load_inventory(text: str | None) -> dict[Key, str]:
         )
     try:
         doc = json.loads(text)
-        return {Key(o["kind"], o.get("table", ""), o["name"]): str(o["sha256"]) for o in doc["objects"]}
+        objects: dict[Key, str] = {}
+        accepted: dict[Key, frozenset[str]] = {}
+        for o in doc["objects"]:
+            key = Key(o["kind"], o.get("table", ""), o["name"])
+            objects[key] = str(o["sha256"])
+            if o.get("accepted"):
+                accepted[key] = frozenset(str(s) for s in o["accepted"])
+        return Inventory(objects, accepted)
     except (ValueError, KeyError, TypeError) as exc:
         raise ProvenanceError(f"{INVENTORY_FILE} is not a valid inventory: {exc}") from None
 
 
-def dump_inventory(objects: Mapping[Key, str], source: str) -> str:
-    """The inventory file's text (sorted, one object per line, stable for review)."""
+def load_accepted_definitions(text: str | None) -> dict[Key, frozenset[str]]:
+    """Object -> the definitions accepted earlier layouts gave it: the ``definitions`` of
+    accepted_checksums.json (the hand-kept source ``make inventory`` copies into the inventory)."""
+    if not text:
+        return {}
+    try:
+        out: dict[Key, set[str]] = {}
+        for o in json.loads(text).get("definitions", {}).get("objects", []):
+            out.setdefault(Key(o["kind"], o.get("table", ""), o["name"]), set()).add(str(o["sha256"]))
+        return {key: frozenset(shas) for key, shas in out.items()}
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ProvenanceError(f"the accepted definitions are not valid: {exc}") from None
+
+
+def dump_inventory(objects: Mapping[Key, str], source: str,
+                   accepted: Mapping[Key, frozenset[str]] | None = None) -> str:
+    """The inventory file's text (sorted, one object per line, stable for review); an object with accepted
+    earlier definitions lists them (sorted) under ``accepted``."""
+    accepted = accepted or {}
+    unknown = sorted(str(k) for k in accepted if k not in objects)
+    if unknown:
+        raise ProvenanceError(f"accepted earlier definitions of objects the SQL files do not create: {unknown}")
     rows = [
-        json.dumps({"kind": k.kind, "table": k.table, "name": k.name, "sha256": sha}, sort_keys=True)
+        json.dumps({"kind": k.kind, "table": k.table, "name": k.name, "sha256": sha}
+                   | ({"accepted": sorted(accepted[k])} if accepted.get(k) else {}), sort_keys=True)
         for k, sha in sorted(objects.items())
     ]
     return (
@@ -296,6 +347,10 @@ class Survey:
     absent: list[Key] = field(default_factory=list)
     drift: list[Problem] = field(default_factory=list)  # present, ours not proven: refused before any change
     changed: list[Problem] = field(default_factory=list)  # recorded, definition changed since
+    # Recorded with one of the migration's known definitions and now holding another (an accepted earlier
+    # layout's recorded, the SQL files' now): the same object (same OID), owned; the record is brought up to
+    # date by the next run that writes it.
+    upgraded: list[Key] = field(default_factory=list)
 
     @property
     def problems(self) -> list[Problem]:
@@ -310,11 +365,16 @@ class Survey:
             "absent": len(self.absent),
             "drift": [str(p) for p in self.drift],
             "changed": [str(p) for p in self.changed],
+            "upgraded": [str(k) for k in self.upgraded],
         }
 
 
 def survey(cursor: Any, inventory: Mapping[Key, str], restored: bool = False) -> Survey:
     """Classify every inventory object; read-only (the caller owns the transaction).
+
+    An object's definition is the migration's when it is the one the SQL files give it, or one an accepted
+    earlier layout gave it (``known_definitions``): a database applied, or migrated through psql, with that
+    layout holds it. Any other definition is drift, or a change since it was recorded.
 
     ``restored``: the record itself was just restored from a verified backup with every object it names
     (pg_restore gives them new OIDs), so a recorded object whose OID differs but whose definition is the
@@ -326,6 +386,7 @@ def survey(cursor: Any, inventory: Mapping[Key, str], restored: bool = False) ->
     for key, expected in sorted(inventory.items()):
         now = found.get(key)
         rec = record.get(key)
+        known = known_definitions(inventory, key)
         if now is None:
             s.absent.append(key)
             continue
@@ -333,7 +394,7 @@ def survey(cursor: Any, inventory: Mapping[Key, str], restored: bool = False) ->
             # An INVALID index under a name a run planned is that run's failed CREATE INDEX CONCURRENTLY
             # (killed, or gave up after lock_timeout): ours to drop and build again, whatever it holds.
             invalid_leftover = rec is not None and key.kind == "index" and not now.valid
-            if now.sha256 == expected or invalid_leftover:
+            if now.sha256 in known or invalid_leftover:
                 (s.claimable if rec is not None else s.adoptable).append(key)
             else:
                 why = "planned by an earlier run, but" if rec is not None else "not in the record and"
@@ -346,6 +407,9 @@ def survey(cursor: Any, inventory: Mapping[Key, str], restored: bool = False) ->
             s.drift.append(Problem(key, f"exists, but is not the object the record holds (OID {now.objid}, "
                                         f"recorded {rec.objid}): it was dropped and made again outside "
                                         "this tool"))
+        elif rec.sha256 != now.sha256 and rec.sha256 in known and now.sha256 in known:
+            s.owned.append(key)
+            s.upgraded.append(key)
         elif rec.sha256 != now.sha256:
             s.changed.append(Problem(key, f"its definition changed since it was recorded (sha256 "
                                           f"{now.sha256[:12]}, recorded {(rec.sha256 or '')[:12]})"))
@@ -394,10 +458,13 @@ def _insert(cursor: Any, key: Key, found: Found | None, state: str, run_id: str)
 
 def begin_record(cursor: Any, inventory: Mapping[Key, str], before: Survey, run_id: str) -> dict[str, int]:
     """In the caller's transaction: create the record if missing, adopt what ``before`` found adoptable,
-    plan every absent object, and claim what this transaction created (the record's own table)."""
+    bring the upgraded objects' rows up to date, plan every absent object, and claim what this transaction
+    created (the record's own table)."""
     cursor.execute(RECORD_DDL)
     for key in before.adoptable:
         _insert(cursor, key, before.found[key], "adopted", run_id)
+    for key in before.upgraded:
+        _insert(cursor, key, before.found[key], before.record[key].state, run_id)
     for key in before.absent:
         if key not in before.record or before.record[key].state != "planned":
             _insert(cursor, key, None, "planned", run_id)
@@ -408,20 +475,33 @@ def begin_record(cursor: Any, inventory: Mapping[Key, str], before: Survey, run_
 def claim(cursor: Any, inventory: Mapping[Key, str], run_id: str, also: Iterable[Key] = ()) -> int:
     """In the caller's transaction: every planned object that exists now becomes ``created`` (OID, hash).
 
-    A planned object whose definition is not what the SQL files create is not claimed: the next survey
-    names it as drift.
+    A planned object whose definition is not one of the migration's (``known_definitions``) is not claimed:
+    the next survey names it as drift. A recorded object that this transaction brought from an accepted
+    earlier definition to the one the SQL files give it (CREATE OR REPLACE of a run resuming what an earlier
+    layout began) is the same object: its row takes the new definition, in the same transaction, so the
+    record always holds what is there (the reverse migration compares the two).
     """
-    cursor.execute(f"SELECT kind, table_name, name FROM {RECORD_TABLE} WHERE state = 'planned'")
-    planned = {Key(*row) for row in cursor.fetchall()} | set(also)
-    if not planned:
+    cursor.execute(f"SELECT kind, table_name, name, state, definition_sha256, objid FROM {RECORD_TABLE}")
+    rows = {Key(kind, table, name): (state, sha, objid) for kind, table, name, state, sha, objid in cursor.fetchall()}
+    planned = {key for key, (state, _, _) in rows.items() if state == "planned"} | set(also)
+    earlier = {
+        key for key, (state, sha, _) in rows.items()
+        if state != "planned" and sha != inventory.get(key) and sha in known_definitions(inventory, key)
+    }
+    if not planned and not earlier:
         return 0
     found = catalog(cursor)
     n = 0
     for key in sorted(planned):
         now = found.get(key)
-        if now is not None and now.valid and now.sha256 == inventory.get(key):
+        if now is not None and now.valid and now.sha256 in known_definitions(inventory, key):
             _insert(cursor, key, now, "created", run_id)
             n += 1
+    for key in sorted(earlier - planned):
+        now = found.get(key)
+        state, sha, objid = rows[key]
+        if now is not None and now.objid == objid and now.sha256 != sha and now.sha256 == inventory.get(key):
+            _insert(cursor, key, now, state, run_id)
     return n
 
 
