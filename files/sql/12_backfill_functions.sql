@@ -28,9 +28,11 @@ $$;
 --
 -- The source steps (Accion, Multa, Prestamo, PagoPrestamo) write each source
 -- row's seq 0 movement (and its shadow row) unless the sync trigger already
--- did: the first movement of a source is always seq 0 and the ledger is
--- append-only, so "the trigger did" means "the ledger holds a movement of this
--- source", and the unique (source, type, seq) index is the final arbiter.
+-- did, all four through one ledger insert (c_ledger): a step differs only in
+-- the rows it reads and locks and in its shadow table. The first movement of
+-- a source is always seq 0 and the ledger is append-only, so "the trigger
+-- did" means "the ledger holds a movement of this source", and the unique
+-- (source, type, seq) index is the final arbiter.
 -- Rows the trigger wrote before this batch's snapshot are left out by reading
 -- what the ledger (and the shadow table) hold in the batch's id range
 -- (last_id, the batch's last id, read just before]: rows of earlier batches
@@ -57,67 +59,56 @@ DECLARE
     v_loans text[];
     v_numbers bigint[];
     v_befores numeric[];
+    v_type text;
+    v_read text;
+    v_shadow text;
     v_sql text;
     v_hi text;
-    -- The ledger's movements of type %1$s whose source id is in this batch's range ($1 = last_id, $3 = the
-    -- batch's last id, NULL for the last batch): the unique index's expression, so the read is a range scan
-    -- of that index, planned with both bounds known (EXECUTE plans with the parameters' values).
-    c_written constant text := $q$
-        SELECT coalesce(m.accion_id, m.multa_id, m.prestamo_id, m.pago_id) FROM capital_movements m
-         WHERE coalesce(m.accion_id, m.multa_id, m.prestamo_id, m.pago_id) > $1
-           AND ($3 IS NULL OR coalesce(m.accion_id, m.multa_id, m.prestamo_id, m.pago_id) <= $3)
-           AND m.type = %1$L$q$;
+    -- The one ledger insert of every source step: the seq 0 movement of each row of the batch b (id,
+    -- junta_id, description, created_at, c = its signed contribution) that has one and that the ledger does
+    -- not hold yet. %1$L = the movement type, %2$I = its source column (accion_id, multa_id, prestamo_id,
+    -- pago_id); %%1$s is left for the conflict clause. The movements of that type whose source id is in the
+    -- batch's range ($1 = last_id, $3 = the batch's last id, NULL for the last batch) are read through the
+    -- unique index's expression: a range scan of that index, planned with both bounds known (EXECUTE plans
+    -- with the parameters' values).
+    c_ledger constant text := $q$
+        INSERT INTO capital_movements (junta_id, type, direction, amount, description, created_at, %2$I, seq)
+        SELECT b.junta_id, %1$L, CASE WHEN b.c > 0 THEN 'INCREASE' ELSE 'DECREASE' END, abs(b.c),
+               b.description, b.created_at, b.id, 0
+          FROM b
+         WHERE b.c <> 0 AND b.id NOT IN (
+               SELECT coalesce(m.accion_id, m.multa_id, m.prestamo_id, m.pago_id) FROM capital_movements m
+                WHERE coalesce(m.accion_id, m.multa_id, m.prestamo_id, m.pago_id) > $1
+                  AND ($3 IS NULL OR coalesce(m.accion_id, m.multa_id, m.prestamo_id, m.pago_id) <= $3)
+                  AND m.type = %1$L)
+        %%1$s RETURNING 1$q$;
 BEGIN
     SELECT last_id INTO v_last FROM capital_backfill_progress WHERE source = p_source FOR UPDATE;
     v_last := coalesce(v_last, '');
-    -- Each statement: %1$s = the ledger insert's conflict clause, %2$s = the shadow insert's.
+    -- A source step is data: its movement type, its batch read (the columns c_ledger reads, the rows locked)
+    -- and, for the loan tables, its shadow insert (%2$s = that insert's conflict clause).
     IF p_source = 'Accion' THEN
-        v_sql := $q$
-        WITH b AS (
-            SELECT a.id, a.junta_id, a.type, a.created_at,
+        v_type := 'ACCION';
+        v_read := $q$
+            SELECT a.id, a.junta_id, a.type AS description, a.created_at,
                    capital_contribution('ACCION', a.amount, a.affects_capital) AS c
-              FROM "Accion" a WHERE a.id > $1 ORDER BY a.id LIMIT $2 FOR SHARE
-        ), ins AS (
-            INSERT INTO capital_movements (junta_id, type, direction, amount, description, created_at, accion_id, seq)
-            SELECT b.junta_id, 'ACCION', CASE WHEN b.c > 0 THEN 'INCREASE' ELSE 'DECREASE' END, abs(b.c),
-                   b.type, b.created_at, b.id, 0
-              FROM b
-             WHERE b.c <> 0 AND b.id NOT IN ($q$ || format(c_written, 'ACCION') || $q$)
-            %1$s RETURNING 1
-        )
-        SELECT (SELECT count(*) FROM b), (SELECT max(id) FROM b)$q$;
+              FROM "Accion" a WHERE a.id > $1 ORDER BY a.id LIMIT $2 FOR SHARE$q$;
     ELSIF p_source = 'Multa' THEN
-        v_sql := $q$
-        WITH b AS (
+        v_type := 'MULTA';
+        v_read := $q$
             SELECT x.id, x.junta_id, x.description, x.created_at,
                    capital_contribution('MULTA', x.amount, x.affects_capital) AS c
-              FROM "Multa" x WHERE x.id > $1 ORDER BY x.id LIMIT $2 FOR SHARE
-        ), ins AS (
-            INSERT INTO capital_movements (junta_id, type, direction, amount, description, created_at, multa_id, seq)
-            SELECT b.junta_id, 'MULTA', CASE WHEN b.c > 0 THEN 'INCREASE' ELSE 'DECREASE' END, abs(b.c),
-                   b.description, b.created_at, b.id, 0
-              FROM b
-             WHERE b.c <> 0 AND b.id NOT IN ($q$ || format(c_written, 'MULTA') || $q$)
-            %1$s RETURNING 1
-        )
-        SELECT (SELECT count(*) FROM b), (SELECT max(id) FROM b)$q$;
+              FROM "Multa" x WHERE x.id > $1 ORDER BY x.id LIMIT $2 FOR SHARE$q$;
     ELSIF p_source = 'Prestamo' THEN
         -- Also the loans' shadow rows (loan_number/capital_at_time NULL: the
         -- sweep fills them once the ledger is complete). A shadow row written by
         -- a trigger (the loan's or one of its payments') is at least as new as
         -- ours: left as it is.
-        v_sql := $q$
-        WITH b AS (
+        v_type := 'PRESTAMO';
+        v_read := $q$
             SELECT p.*, capital_contribution('PRESTAMO', p.amount, p.status IS DISTINCT FROM 'REJECTED') AS c
-              FROM "Prestamo" p WHERE p.id > $1 ORDER BY p.id LIMIT $2 FOR SHARE
-        ), ins AS (
-            INSERT INTO capital_movements (junta_id, type, direction, amount, description, created_at, prestamo_id, seq)
-            SELECT b.junta_id, 'PRESTAMO', CASE WHEN b.c > 0 THEN 'INCREASE' ELSE 'DECREASE' END, abs(b.c),
-                   b.description, b.created_at, b.id, 0
-              FROM b
-             WHERE b.c <> 0 AND b.id NOT IN ($q$ || format(c_written, 'PRESTAMO') || $q$)
-            %1$s RETURNING 1
-        ), shadow AS (
+              FROM "Prestamo" p WHERE p.id > $1 ORDER BY p.id LIMIT $2 FOR SHARE$q$;
+        v_shadow := $q$
             INSERT INTO "PrestamoNew"
                 (id, original_prestamo_id, junta_id, member_id, amount, description, status,
                  approved, rejected, paid, remaining_amount, loan_number, capital_at_time, created_at, updated_at)
@@ -129,36 +120,38 @@ BEGIN
               FROM b
              WHERE b.id NOT IN (SELECT n.id FROM "PrestamoNew" n
                                  WHERE n.id > $1 AND ($3 IS NULL OR n.id <= $3))
-            %2$s RETURNING 1
-        )
-        SELECT (SELECT count(*) FROM b), (SELECT max(id) FROM b)$q$;
+            %2$s RETURNING 1$q$;
     ELSIF p_source = 'PagoPrestamo' THEN
         -- Only the payment rows are locked (FOR SHARE OF pp). The payment's junta is its loan's junta: a
         -- loan moving to another junta meanwhile is safe without locking the loan row, because the loan's
         -- sync trigger locks the loan's payments FOR UPDATE before moving their movements (it waits for
         -- this batch, then moves what the batch wrote), and if it ran first its seq 0 movements keep this
         -- batch from writing them. Locking the loans too dirtied every loan page once per batch for nothing.
-        v_sql := $q$
-        WITH b AS (
+        -- A payment's movement has no description and the payment's date as its time.
+        v_type := 'PAGO';
+        v_read := $q$
             SELECT pp.id, pp.prestamo_id, pp.date, pp.amount, p.junta_id,
+                   NULL::text AS description, pp.date AS created_at,
                    capital_contribution('PAGO', pp.amount, true) AS c
               FROM "PagoPrestamo" pp JOIN "Prestamo" p ON p.id = pp.prestamo_id
-             WHERE pp.id > $1 ORDER BY pp.id LIMIT $2 FOR SHARE OF pp
-        ), ins AS (
-            INSERT INTO capital_movements (junta_id, type, direction, amount, description, created_at, pago_id, seq)
-            SELECT b.junta_id, 'PAGO', CASE WHEN b.c > 0 THEN 'INCREASE' ELSE 'DECREASE' END, abs(b.c),
-                   NULL, b.date, b.id, 0
-              FROM b
-             WHERE b.c <> 0 AND b.id NOT IN ($q$ || format(c_written, 'PAGO') || $q$)
-            %1$s RETURNING 1
-        ), shadow AS (
+             WHERE pp.id > $1 ORDER BY pp.id LIMIT $2 FOR SHARE OF pp$q$;
+        v_shadow := $q$
             INSERT INTO "PagoPrestamoNew" (id, original_pago_id, prestamo_id, amount, date)
             SELECT b.id, b.id, b.prestamo_id, capital_cents(b.amount), b.date FROM b
              WHERE b.id NOT IN (SELECT n.id FROM "PagoPrestamoNew" n
                                  WHERE n.id > $1 AND ($3 IS NULL OR n.id <= $3))
-            %2$s RETURNING 1
-        )
-        SELECT (SELECT count(*) FROM b), (SELECT max(id) FROM b)$q$;
+            %2$s RETURNING 1$q$;
+    END IF;
+    IF v_read IS NOT NULL THEN
+        -- One statement: the batch read, the ledger insert, the shadow insert if any; it returns the rows
+        -- read and the last id. %1$s/%2$s, the conflict clauses, are filled when it runs (below).
+        v_sql := format('WITH b AS (%s
+        ), ins AS (%s
+        )%s
+        SELECT (SELECT count(*) FROM b), (SELECT max(id) FROM b)',
+            v_read, format(c_ledger, v_type, lower(v_type) || '_id'),
+            coalesce(', shadow AS (' || v_shadow || '
+        )', ''));
     END IF;
     IF v_sql IS NOT NULL THEN
         -- The range's upper bound, read before the batch (no lock): if a row is deleted meanwhile the batch

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import io
+import subprocess
+import tarfile
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -18,6 +21,22 @@ from ansible_collections.prestamos.capital.plugins.module_utils.migration import
 from capital_migrate.datagen import generate
 
 SQL_DIR = Path(__file__).resolve().parents[2] / "files" / "sql"
+# The layout of files/sql before capital_backfill_batch wrote its four source steps through one ledger insert;
+# its checksum is accepted for version 1 (accepted_checksums.json), its definition of that function too.
+PREVIOUS_LAYOUT = "223f0f7bf5a718041b2fe77ce3af7658548dc15f"
+
+
+def previous_layout(dest: Path, commit: str = PREVIOUS_LAYOUT) -> Path:
+    """files/sql exactly as ``commit`` had it (from git history: the tests of databases that layout migrated)."""
+    repo = SQL_DIR.parents[1]
+    archive = subprocess.run(["git", "-C", str(repo), "archive", "--format=tar", commit, "files/sql"],
+                             capture_output=True, check=False)
+    if archive.returncode != 0:
+        raise RuntimeError(f"these tests need the git history holding commit {commit} (a full clone): "
+                           + archive.stderr.decode(errors="replace"))
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        tar.extractall(dest, filter="data")
+    return dest / "files" / "sql"
 
 
 @contextlib.contextmanager
@@ -181,6 +200,17 @@ def snapshot(conn: Any) -> dict[str, list[tuple[Any, ...]]]:
             out[key] = cur.fetchall()
     return out
 
+
+
+def assert_same_end_state(db: Any, reference: Any) -> None:
+    """``db`` is cent-exact and ends exactly as ``reference`` did, row by row (snapshot)."""
+    conn, ref_conn = db.connect(), reference.connect()
+    try:
+        assert capital_mismatches(conn) == []
+        assert snapshot(conn) == snapshot(ref_conn)
+    finally:
+        conn.close()
+        ref_conn.close()
 
 GUIDE_CAPITAL_CHECK = """
 SELECT j.id, j.name, j.current_capital, j.available_capital,

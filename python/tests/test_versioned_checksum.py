@@ -1,25 +1,40 @@
 """Versioned checksums (issue 18): a pure reorganisation of files/sql leaves a database applied by the earlier
-layout `applied` once that layout's checksum is accepted for the migration version; without it, drifted."""
+layout `applied` once that layout's checksum is accepted for the migration version; without it, drifted.
+
+A layout that also changed a definition (the previous one, 223f0f7: capital_backfill_batch's four ledger inserts
+became one) keeps that definition as data (accepted_checksums.json "definitions"): a database it applied stays
+applied and rolls back, one it began resumes and rolls back, one it migrated through psql is adopted."""
 
 from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
+from ansible_collections.prestamos.capital.plugins.module_utils import provenance
 from ansible_collections.prestamos.capital.plugins.module_utils.migration import (
     ACCEPTED_FILE,
+    MAIN_SCRIPT,
+    Interrupted,
     MigrationError,
     Migrator,
     Options,
+    accepted_checksums,
     load_sql_dir,
+    parse_order,
+    sql_checksum,
 )
 from capital_migrate.exitcodes import ExitCode
+from capital_migrate.pgtmp import temporary_database
 from cli_support import REPO, base_env, run_cli
-from migration_helpers import SQL_DIR, migrate, seed_db
+from migration_helpers import SQL_DIR, assert_same_end_state, capital_mismatches, migrate, previous_layout, seed_db
+from migration_helpers import run_sql as query
 from playbook_support import playbook_env, run_playbook
+from test_provenance import leftovers_now
+from test_rollback import fingerprint, roll_back, write_application_rows
 
 
 def reorganised_copy(tmp_path: Path, accept: list[str]) -> Path:
@@ -72,3 +87,180 @@ def test_a_reorganised_layout_keeps_an_applied_database_applied_only_when_accept
                      {**base_env(pg_db.cluster.env(pg_db.name)), "CAPITAL_REPO_ROOT": str(checkout)})
     assert status.code == ExitCode.SUCCESS, status.stdout + status.stderr
     assert status.json()["status"]["state"] == "applied"
+
+
+# -- a layout that changed a definition: capital_backfill_batch's one ledger insert (previous: 223f0f7) --------
+BATCH_FUNCTION = "capital_backfill_batch(text,integer)"
+BATCH_KEY = provenance.Key("function", "", BATCH_FUNCTION)
+ONE_BATCH_DEF = "SELECT pg_get_functiondef('capital_backfill_batch(text,integer)'::regprocedure)"
+
+
+def sha_of(files: dict[str, str]) -> str:
+    """The checksum a run of these files records (the Migrator's)."""
+    return sql_checksum([files[MAIN_SCRIPT], *(files[name] for name in parse_order(files[MAIN_SCRIPT]))])
+
+
+def batch_definition(db: Any) -> tuple[str, str, str]:
+    """(the function's definition sha256 in the catalog, its record row's sha256, its record row's state)."""
+    conn = db.connect()
+    try:
+        with conn.cursor() as cur:
+            now = provenance.read_catalog(cur)[BATCH_KEY].sha256
+    finally:
+        conn.close()
+    [(recorded, state)] = query(db, "SELECT definition_sha256, state FROM capital_migration_objects"
+                                    " WHERE kind = 'function' AND name = %s", (BATCH_FUNCTION,))
+    return now, recorded, state
+
+
+def test_the_previous_layout_is_accepted_and_differs_only_in_the_one_ledger_insert(tmp_path: Path) -> None:
+    """The data the other tests rely on: the previous layout's checksum is accepted for version 1, and of
+    everything it creates only capital_backfill_batch is defined differently now, with the old definition
+    accepted. (A changed definition without an accepted entry fails here before it fails a DBA.)"""
+    old = load_sql_dir(previous_layout(tmp_path))
+    new = load_sql_dir(SQL_DIR)
+    assert sha_of(old) in accepted_checksums(new)["1"]
+    old_inventory = provenance.load_inventory(old[provenance.INVENTORY_FILE])
+    new_inventory = provenance.load_inventory(new[provenance.INVENTORY_FILE])
+    assert set(old_inventory) == set(new_inventory)
+    changed = {k for k in new_inventory if old_inventory[k] != new_inventory[k]}
+    assert changed == {BATCH_KEY}
+    for key in changed:
+        assert old_inventory[key] in provenance.known_definitions(new_inventory, key)
+    assert new_inventory.accepted == provenance.load_accepted_definitions(new[ACCEPTED_FILE])
+
+
+def test_the_one_ledger_insert_writes_what_the_four_copies_wrote(pg_cluster: Any, tmp_path: Path) -> None:
+    """Same dirty data, small batches: the ledger, the shadow tables and the junta columns are the same row by
+    row under the previous layout and this one."""
+    old = load_sql_dir(previous_layout(tmp_path))
+    with temporary_database(pg_cluster) as before, temporary_database(pg_cluster) as after:
+        for db in (before, after):
+            seed_db(db, juntas=4, dirty=True)
+        migrate(before, sql=old, batch_size=37)
+        migrate(after, batch_size=37)
+        assert_same_end_state(after, before)
+
+
+def test_a_database_applied_by_the_previous_layout_stays_applied_and_rolls_back(pg_db: Any, tmp_path: Path) -> None:
+    """(a) applied with the previous files: applied to these, a rerun changes nothing (the old definition
+    stays, recorded as it is); (b) the rollback with these files removes everything, after application
+    writes through the old layout's triggers."""
+    seed_db(pg_db, juntas=2, dirty=True)
+    shape = fingerprint(pg_db)
+    old = load_sql_dir(previous_layout(tmp_path))
+    applied = migrate(pg_db, sql=old)
+    assert applied["sql_sha256"] == sha_of(old)
+    old_def = batch_definition(pg_db)
+    assert old_def == (provenance.load_inventory(old[provenance.INVENTORY_FILE])[BATCH_KEY],) * 2 + ("created",)
+
+    rerun = migrate(pg_db)
+    assert (rerun["state_before"], rerun["state_after"], rerun["changed"]) == ("applied", "applied", False)
+    assert rerun["statements"] == [] and rerun["batches"] == 0
+    assert rerun["provenance"]["drift"] == [] and rerun["provenance"]["changed"] == []
+    assert batch_definition(pg_db) == old_def
+
+    write_application_rows(pg_db)
+    conn = pg_db.connect()
+    try:
+        assert capital_mismatches(conn) == []
+    finally:
+        conn.close()
+    result = roll_back(pg_db)
+    assert result["state_after"] == "not_applied" and result["blocked_by"] == [] and result["left_alone"] == []
+    assert leftovers_now(pg_db) == []
+    assert fingerprint(pg_db) == shape
+
+
+@pytest.mark.parametrize("stop", [
+    pytest.param({"stop_after_file": "11_expand_columns.sql"}, id="before-the-functions"),
+    pytest.param({"stop_after_file": "14_triggers.sql"}, id="after-expand"),
+    pytest.param({"stop_after_batches": 3}, id="mid-backfill"),
+])
+def test_a_database_partly_migrated_by_the_previous_layout_resumes_with_these_files_then_rolls_back(
+    pg_cluster: Any, tmp_path: Path, stop: dict[str, Any]
+) -> None:
+    """(c) begun with the previous files, resumed with these: the run replaces the old definition and its
+    record row follows in the same transaction, so the end state is this layout's, row by row, and the
+    rollback finds nothing changed and leaves nothing behind."""
+    old = load_sql_dir(previous_layout(tmp_path))
+    with temporary_database(pg_cluster) as reference, temporary_database(pg_cluster) as victim:
+        for db in (reference, victim):
+            seed_db(db, juntas=3, dirty=True)
+        shape = fingerprint(victim)
+        migrate(reference, batch_size=40)
+        with pytest.raises(Interrupted):
+            migrate(victim, sql=old, batch_size=40, **stop)
+        resumed = migrate(victim, batch_size=40)
+        assert (resumed["state_before"], resumed["state_after"]) == ("partial", "applied")
+        new_sha = provenance.load_inventory((SQL_DIR / provenance.INVENTORY_FILE).read_text())[BATCH_KEY]
+        assert batch_definition(victim) == (new_sha, new_sha, "created")
+        assert_same_end_state(victim, reference)
+        assert migrate(victim)["changed"] is False
+        result = roll_back(victim)
+        assert result["state_after"] == "not_applied" and result["blocked_by"] == []
+        assert leftovers_now(victim) == []
+        assert fingerprint(victim) == shape
+
+
+def psql_migrate(db: Any, sql_dir: Path, sha: str) -> None:
+    """The previous files through psql, recording an applied history row as an operator would (no record)."""
+    subprocess.run(
+        ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-v", "batch_size=50", "-v", f"sql_sha256={sha}",
+         "-v", "version=1", "-f", str(sql_dir / "add_capital_tracking.sql")],
+        env=db.env, check=True, capture_output=True,
+    )
+
+
+def test_a_database_migrated_through_psql_by_the_previous_layout_is_adopted_with_its_old_definition(
+    pg_db: Any, tmp_path: Path
+) -> None:
+    """(d) migrated with the previous files through psql, before any record: these files adopt every object,
+    capital_backfill_batch with the definition the previous layout gave it (accepted), and change nothing
+    else; the rollback then removes everything."""
+    seed_db(pg_db, juntas=2, dirty=True)
+    shape = fingerprint(pg_db)
+    old_dir = previous_layout(tmp_path)
+    old = load_sql_dir(old_dir)
+    psql_migrate(pg_db, old_dir, sha_of(old))
+    before = batch_definition_in_catalog(pg_db)
+
+    adopted = migrate(pg_db)
+    assert (adopted["state_before"], adopted["state_after"], adopted["changed"]) == ("applied", "applied", True)
+    assert f"function {BATCH_FUNCTION}" in adopted["provenance"]["adoptable"]
+    assert adopted["provenance"]["drift"] == [] and adopted["statements"] == []
+    assert batch_definition(pg_db) == (before, before, "adopted")
+    assert migrate(pg_db)["changed"] is False
+
+    result = roll_back(pg_db)
+    assert result["state_after"] == "not_applied" and result["left_alone"] == []
+    assert leftovers_now(pg_db) == []
+    assert fingerprint(pg_db) == shape
+
+
+def batch_definition_in_catalog(db: Any) -> str:
+    conn = db.connect()
+    try:
+        with conn.cursor() as cur:
+            return provenance.read_catalog(cur)[BATCH_KEY].sha256
+    finally:
+        conn.close()
+
+
+def test_an_old_definition_that_is_no_accepted_one_stays_drift(pg_db: Any, tmp_path: Path) -> None:
+    """(d) the other way: the previous layout's function, changed by hand (one more comment line), is neither
+    the accepted definition nor this one: refused before any change, named, and left alone by the rollback."""
+    seed_db(pg_db, juntas=1)
+    old_dir = previous_layout(tmp_path)
+    psql_migrate(pg_db, old_dir, sha_of(load_sql_dir(old_dir)))
+    [(definition,)] = query(pg_db, ONE_BATCH_DEF)
+    query(pg_db, definition.replace("DECLARE", "DECLARE\n    -- changed by hand", 1))
+
+    with pytest.raises(MigrationError) as refused:
+        migrate(pg_db)
+    assert refused.value.details["refused"] is True
+    assert [p.split(":")[0] for p in refused.value.details["provenance_drift"]] == [f"function {BATCH_FUNCTION}"]
+
+    result = roll_back(pg_db)
+    assert [p.split(":")[0] for p in result["left_alone"]] == [f"function {BATCH_FUNCTION}"]
+    assert [o["name"] for o in leftovers_now(pg_db)] == [f"function {BATCH_FUNCTION}"]
