@@ -65,6 +65,29 @@ def test_the_inventory_is_what_the_sql_files_create() -> None:
     )
 
 
+
+def test_accepted_earlier_definitions_are_data_copied_into_the_inventory() -> None:
+    """accepted_checksums.json "definitions" -> the objects' accepted lists -> known definitions; an accepted
+    definition of an object the SQL files do not create is refused when the inventory is written."""
+    key = provenance.Key("function", "", "capital_phase()")
+    other = provenance.Key("function", "", "capital_gone()")
+    accepted = provenance.load_accepted_definitions(json.dumps({"definitions": {"objects": [
+        {"kind": "function", "table": "", "name": "capital_phase()", "sha256": "a" * 64, "layout": "x"},
+        {"kind": "function", "table": "", "name": "capital_phase()", "sha256": "b" * 64, "layout": "y"},
+    ]}}))
+    assert accepted == {key: frozenset({"a" * 64, "b" * 64})}
+    text = provenance.dump_inventory({key: "c" * 64, other: "d" * 64}, "test", accepted)
+    loaded = provenance.load_inventory(text)
+    assert dict(loaded) == {key: "c" * 64, other: "d" * 64}
+    assert provenance.known_definitions(loaded, key) == {"a" * 64, "b" * 64, "c" * 64}
+    assert provenance.known_definitions(loaded, other) == {"d" * 64}
+    assert provenance.known_definitions({key: "c" * 64}, key) == {"c" * 64}  # a plain mapping: no earlier ones
+    with pytest.raises(provenance.ProvenanceError, match="capital_phase"):
+        provenance.dump_inventory({other: "d" * 64}, "test", accepted)
+    # The shipped files agree: every accepted definition is in the inventory, none differs.
+    assert inventory().accepted == provenance.load_accepted_definitions(
+        (SQL_DIR / "accepted_checksums.json").read_text())
+
 def test_every_object_the_migration_creates_is_recorded_with_its_oid_and_definition(pg_db: Any) -> None:
     seed_db(pg_db, juntas=2)
     before = catalog(pg_db)
