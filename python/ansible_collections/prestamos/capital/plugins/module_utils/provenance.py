@@ -483,10 +483,11 @@ def claim(cursor: Any, inventory: Mapping[Key, str], run_id: str, also: Iterable
     """
     cursor.execute(f"SELECT kind, table_name, name, state, definition_sha256, objid FROM {RECORD_TABLE}")
     rows = {Key(kind, table, name): (state, sha, objid) for kind, table, name, state, sha, objid in cursor.fetchall()}
-    planned = {key for key, (state, _, _) in rows.items() if state == "planned"} | set(also)
+    planned = {key for key, row in rows.items() if row[0] == "planned"} | set(also)
     earlier = {
-        key for key, (state, sha, _) in rows.items()
-        if state != "planned" and sha != inventory.get(key) and sha in known_definitions(inventory, key)
+        key for key, (state, sha, objid) in rows.items()
+        if state != "planned" and objid is not None and sha != inventory.get(key)
+        and sha in known_definitions(inventory, key)
     }
     if not planned and not earlier:
         return 0
