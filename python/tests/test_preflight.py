@@ -216,6 +216,34 @@ def test_dirty_data_each_kind_is_counted_and_the_policy_decides(baseline_db: Dat
     assert failed(strict) == {"data_overpaid_loans"}
 
 
+@pytest.mark.parametrize("connections", [2, 1])
+def test_dirty_data_read_beside_the_dump_in_its_snapshot_refuses_migrate_before_any_ddl(
+    baseline_db: Database, backup_dir: Path, tmp_path: Path, connections: int
+) -> None:
+    """migrate.yml: the same kinds and counts as preflight.yml, read by capital_snapshot_dump in the dump's
+    snapshot on one or two sessions; the run is refused as preflight_refused and nothing is changed."""
+    run_sql(baseline_db, DIRTY_DATA)
+
+    run = run_playbook("playbooks/migrate.yml", playbook_env(baseline_db.env),
+                       {"capital_backup_dir": str(backup_dir), "capital_report_dir": str(tmp_path / "reports"),
+                        "capital_preflight_connections": connections})
+
+    assert run.rc != 0
+    assert run.stats["capital_report"]["run"]["outcome"] == "preflight_refused", run.output[-3000:]
+    checks = run.checks()
+    kinds = [name for name in checks if name.startswith("data_")]
+    assert kinds == [f"data_{kind}" for kind in ("orphans", "null_amounts", "zero_amounts", "negative_amounts",
+                                                  "overpaid_loans", "overdrawn_juntas", "unknown_status",
+                                                  "float_artefacts", "identical_timestamps")]
+    for kind, (count, sample) in EXPECTED_DIRTY.items():
+        check = checks[f"data_{kind}"]
+        assert check["value"]["count"] == count and set(check["value"]["sample_ids"]) == sample, check
+    assert {name for name in failed(run) if name.startswith("data_")} == {"data_orphans", "data_null_amounts"}
+    snapshot = run.report("preflight")["data_snapshot"]
+    assert snapshot["id"] and snapshot["id"] == run.report("backup")["snapshot"]["id"]
+    assert run_sql(baseline_db, "SELECT to_regclass('capital_movements') IS NULL")[0][0]
+
+
 def test_every_kind_of_generated_dirty_data_is_reported_with_its_count(pg_db: Database, backup_dir: Path) -> None:
     from capital_migrate.datagen import DIRTY_KINDS, generate
 

@@ -234,6 +234,7 @@ RULES: dict[str, Rule] = {
     # Read by one stage only (its role checks the type when it starts; these are checked before anything).
     "capital_backup_free_bytes_override": integer(0, 2**62),
     "capital_preflight_work_mem": memory(64),
+    "capital_preflight_connections": integer(1, 16),
     "capital_migration_sql_sha256": _optional(_sha256),
     "capital_migration_version": Rule(_version),
     "capital_verify_sql_file": Rule(_absolute_path),

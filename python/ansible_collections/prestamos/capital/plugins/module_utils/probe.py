@@ -8,6 +8,7 @@ them describe one state of the database while the application writes, and the tr
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -54,11 +55,7 @@ def run_probes(conn: Any, probes: Mapping[str, str], params: Mapping[str, Any] |
     conn.autocommit = False
     try:
         with conn.cursor() as cur:
-            cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            if snapshot:
-                cur.execute("SET TRANSACTION SNAPSHOT %s", (snapshot,))
-            for name, value in (settings or {}).items():
-                cur.execute("SELECT set_config(%s, %s, true)", (name, str(value)))
+            begin_read(cur, snapshot, settings)
             results, errors = probe_rows(cur, probes, params, optional)
             if count_rows:
                 counted = []
@@ -75,6 +72,100 @@ def run_probes(conn: Any, probes: Mapping[str, str], params: Mapping[str, Any] |
     if errors:
         results["_errors"] = errors
     return results
+
+
+def begin_read(cur: Any, snapshot: str | None = None, settings: Mapping[str, str] | None = None) -> None:
+    """Begin the read-only REPEATABLE READ transaction probes run in: in ``snapshot`` when given (exported by
+    another session, which must keep its transaction open meanwhile), with ``settings`` for it only."""
+    cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+    if snapshot:
+        cur.execute("SET TRANSACTION SNAPSHOT %s", (snapshot,))
+    for name, value in (settings or {}).items():
+        cur.execute("SELECT set_config(%s, %s, true)", (name, str(value)))
+
+
+class ProbeLanes:
+    """Probes shared out among several connections reading one exported snapshot, each taking the next probe
+    when it is free (so the caller lists the costly ones first). Every lane's rows describe the same state.
+
+    ``run(cur)`` is a lane on a cursor already in the snapshot (the exporting transaction's); ``join(...)``
+    adds a lane on a connection of its own, in a thread. The first error stops every lane: the others are
+    cancelled (``connection.cancel()``) and the error is the one ``raise_error()`` raises.
+    """
+
+    def __init__(self, probes: Mapping[str, str], params: Mapping[str, Any] | None = None,
+                 optional: Collection[str] = ()) -> None:
+        import threading
+
+        self._todo = list(probes.items())
+        self._params, self._optional = params, optional
+        self._lock = threading.Lock()
+        self._conns: list[Any] = []
+        self.rows: dict[str, Any] = {}
+        self.errors: dict[str, str] = {}
+        self.error: BaseException | None = None
+        self.lanes = 0
+
+    def _next(self) -> tuple[str, str] | None:
+        with self._lock:
+            return self._todo.pop(0) if self._todo and self.error is None else None
+
+    def _fail(self, exc: BaseException) -> None:
+        with self._lock:
+            if self.error is not None:
+                return
+            self.error = exc
+            conns = list(self._conns)
+        for conn in conns:
+            with contextlib.suppress(Exception):  # a lane that already ended has nothing to cancel
+                conn.cancel()
+
+    def run(self, cur: Any) -> None:
+        """Take probes one by one on ``cur`` until none is left or a lane failed."""
+        with self._lock:
+            self._conns.append(cur.connection)
+            self.lanes += 1
+        try:
+            while (item := self._next()) is not None:
+                rows, errors = probe_rows(cur, dict([item]), self._params, self._optional)
+                with self._lock:
+                    self.rows.update(rows)
+                    self.errors.update(errors)
+        except Exception as exc:  # handed to raise_error() in the caller's thread
+            self._fail(exc)
+
+    def join(self, connect: Any, snapshot: str, settings: Mapping[str, str] | None = None) -> Any:
+        """A lane on a new connection from ``connect()`` in ``snapshot``, started in a thread (returned). A lane
+        that cannot connect (max_connections reached) takes no probe: the others read them all."""
+        import threading
+
+        def lane() -> None:
+            try:
+                conn = connect()
+            except Exception:  # a lane fewer: the probes are still all read, more slowly
+                return
+            try:
+                conn.autocommit = False
+                with conn.cursor() as cur:
+                    try:
+                        begin_read(cur, snapshot, settings)
+                    except Exception:  # this lane cannot read the snapshot: the others go on
+                        return
+                    self.run(cur)
+            finally:
+                try:
+                    conn.rollback()
+                finally:
+                    conn.close()
+
+        thread = threading.Thread(target=lane, name="capital-probe-lane", daemon=True)
+        thread.start()
+        return thread
+
+    def raise_error(self) -> None:
+        """Raise the first lane's error, a refused probe as a ProbeError naming it."""
+        if self.error is not None:
+            raise self.error
 
 
 def probe_rows(cur: Any, probes: Mapping[str, str], params: Mapping[str, Any] | None = None,

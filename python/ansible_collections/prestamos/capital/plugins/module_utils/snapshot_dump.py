@@ -14,11 +14,11 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ansible_collections.prestamos.capital.plugins.module_utils.probe import ProbeError, probe_rows
+from ansible_collections.prestamos.capital.plugins.module_utils.probe import ProbeError, ProbeLanes
 
 
 @dataclass
@@ -33,6 +33,8 @@ class SnapshotDump:
     dump_seconds: float = 0.0
     probe_seconds: float = 0.0
     seconds: float = 0.0
+    # Sessions that read probes in the snapshot (the exporting one included).
+    lanes: int = 1
 
 
 def remove(path: str) -> None:
@@ -46,7 +48,8 @@ def remove(path: str) -> None:
 def snapshot_dump(conn: Any, dump_argv: Sequence[str], partial: str, probes: Mapping[str, str],
                   params: Mapping[str, Any] | None = None, settings: Mapping[str, str] | None = None,
                   optional: Collection[str] = (), lock_tables: Sequence[str] = (),
-                  lock_timeout_s: int = 0) -> SnapshotDump:
+                  lock_timeout_s: int = 0, connect: Callable[[], Any] | None = None,
+                  connections: int = 1) -> SnapshotDump:
     """Export a snapshot, start ``dump_argv + ['--snapshot=<id>']`` and run ``probes`` in that snapshot
     meanwhile; wait for the dump; return both. A refused probe stops the dump (ProbeError); a failed dump
     (rc != 0) or any error removes ``partial``.
@@ -54,6 +57,10 @@ def snapshot_dump(conn: Any, dump_argv: Sequence[str], partial: str, probes: Map
     ``lock_tables`` are locked ACCESS SHARE before the snapshot is taken (LOCK TABLE takes none), with
     ``lock_timeout_s`` as lock_timeout, so no DDL on them can fall between the snapshot and pg_dump's own
     locks. The environment (PGPASSFILE, PATH) is the caller's: the password never reaches an argv.
+
+    With ``connect`` and ``connections`` > 1, up to ``connections - 1`` more sessions import the snapshot and
+    take probes too (ProbeLanes: each takes the next probe when it is free), so the probes describe the
+    same data and the slowest of them no longer waits for the others.
     """
     from psycopg2 import sql as pgsql
 
@@ -82,8 +89,17 @@ def snapshot_dump(conn: Any, dump_argv: Sequence[str], partial: str, probes: Map
             proc = subprocess.Popen([*dump_argv, f"--snapshot={snapshot}"], stdin=subprocess.DEVNULL,
                                     stdout=subprocess.DEVNULL, stderr=err)
             probe_began = time.monotonic()
-            rows, errors = probe_rows(cur, probes, params, optional)
+            lanes = ProbeLanes(probes, params, optional)
+            threads = [lanes.join(connect, snapshot, settings) for lane in range(1, connections)] if connect else []
+            lanes.run(cur)
+            for thread in threads:
+                thread.join()
+            lanes.raise_error()
+            rows, errors = lanes.rows, lanes.errors
+            # In the order the caller listed the probes, whichever lane read them.
+            rows = {name: rows[name] for name in probes if name in rows}
             probe_seconds = time.monotonic() - probe_began
+            lanes_used = lanes.lanes
             if errors:
                 rows["_errors"] = errors
             # The snapshot must stay exported until pg_dump has imported it: wait with the transaction open.
@@ -93,7 +109,7 @@ def snapshot_dump(conn: Any, dump_argv: Sequence[str], partial: str, probes: Map
         stderr = err.read().decode("utf-8", "replace")
         ok = rc == 0
         return SnapshotDump(snapshot, snapshot_time, rc, stderr, rows, round(dump_seconds, 3),
-                            round(probe_seconds, 3), round(time.monotonic() - began, 3))
+                            round(probe_seconds, 3), round(time.monotonic() - began, 3), lanes_used)
     finally:
         if proc is not None and proc.poll() is None:
             proc.terminate()

@@ -51,6 +51,14 @@ options:
     type: list
     elements: str
     default: []
+  connections:
+    description:
+      - Sessions that read O(probes) at once, the one that exported the snapshot included; each other one
+        imports the snapshot (C(SET TRANSACTION SNAPSHOT)) and takes the next probe when it is free, so list
+        the costly probes first. All of them read the same data.
+      - A session that cannot be opened (C(max_connections) reached) takes no probe; the others read them all.
+    type: int
+    default: 1
   lock_tables:
     description: Tables locked C(ACCESS SHARE) before the snapshot is taken.
     type: list
@@ -112,6 +120,11 @@ stderr:
   description: C(pg_dump)'s standard error.
   returned: when the dump ran
   type: str
+lanes:
+  description: Sessions that read the probes (at most O(connections)).
+  returned: when the dump ran
+  type: int
+  sample: 2
 seconds:
   description: Wall time of the whole call, of the dump and of the probes (they overlap).
   returned: always
@@ -143,6 +156,7 @@ def main() -> None:
             "params": {"type": "dict", "default": {}},
             "settings": {"type": "dict", "default": {}},
             "optional": {"type": "list", "elements": "str", "default": []},
+            "connections": {"type": "int", "default": 1},
             "lock_tables": {"type": "list", "elements": "str", "default": []},
             "lock_timeout": {"type": "int", "default": 60},
         },
@@ -161,15 +175,19 @@ def main() -> None:
             rows = run_probes(conn, probes, p["params"], p["settings"], None, p["optional"])
             module.exit_json(changed=False, dumped=False, rows=rows, snapshot="", snapshot_time="",
                              seconds={})
+        if p["connections"] < 1:
+            module.fail_json(msg=f"connections must be 1 or more, got {p['connections']}", dumped=False)
         done = snapshot_dump(conn, p["dump_argv"], p["partial"], probes, p["params"], p["settings"],
-                             p["optional"], p["lock_tables"], p["lock_timeout"])
+                             p["optional"], p["lock_tables"], p["lock_timeout"],
+                             connect=lambda: connect(p, "capital_snapshot_dump", autocommit=False),
+                             connections=p["connections"])
     except ProbeError as exc:
         module.fail_json(msg=str(exc), probe=exc.probe, sqlstate=exc.sqlstate, dumped=False)
     except Exception as exc:  # psycopg2.Error (a lock not granted in time), OSError (pg_dump not found)
         module.fail_json(msg=str(exc).strip(), dumped=False)
     finally:
         conn.close()
-    result = {"dumped": True, "rc": done.rc, "stderr": done.stderr, "rows": done.rows,
+    result = {"dumped": True, "rc": done.rc, "stderr": done.stderr, "rows": done.rows, "lanes": done.lanes,
               "snapshot": done.snapshot, "snapshot_time": done.snapshot_time,
               "seconds": {"total": done.seconds, "dump": done.dump_seconds, "probes": done.probe_seconds}}
     if done.rc != 0:
