@@ -32,6 +32,8 @@ VENV_BIN = ROOT / ".venv" / "bin"
 WRITER_PREFIX = "fw-"
 DOCUMENTED_STATES = frozenset({"not_applied", "partial", "applied"})
 MIGRATE_APP = "capital-migrate"
+# The backup's session that exports the snapshot pg_dump dumps and reads preflight's probes in it.
+SNAPSHOT_APP = "capital_snapshot_dump"
 
 
 # -- a running playbook --------------------------------------------------------------------------------
@@ -263,6 +265,28 @@ def ledger_gate(db: Any) -> Iterator[None]:
         thread.join(30)
 
 
+@contextlib.contextmanager
+def dump_gate(db: Any) -> Iterator[None]:
+    """Holds pg_dump inside the backup's shared snapshot: a DBA's own table (``dba_gate``, not the
+    migration's), locked ACCESS EXCLUSIVE by an open transaction, so pg_dump - which locks every table it
+    dumps - waits on it (within its --lock-wait-timeout) after it imported the snapshot, while
+    capital_snapshot_dump's session holds the snapshot and reads preflight's probes. A fault then hits the
+    dump and the probes in flight instead of racing a dump of a few milliseconds. Released on exit."""
+    conn = db.connect()
+    try:
+        with conn.cursor() as cur:
+            cur.execute("CREATE TABLE IF NOT EXISTS dba_gate (note text)")
+            conn.commit()
+            cur.execute("SET application_name = 'fault-dump-gate'")
+            cur.execute("LOCK TABLE dba_gate IN ACCESS EXCLUSIVE MODE")
+        yield
+    finally:
+        with contextlib.suppress(Exception):  # the fault may have crashed the server under the gate
+            conn.rollback()
+        with contextlib.suppress(Exception):
+            conn.close()
+
+
 # -- the application -------------------------------------------------------------------------------------
 @dataclass
 class Writer:
@@ -485,15 +509,16 @@ def wait_migration_sessions_gone(db: Any, timeout: float = 300) -> None:
 
 
 def terminate_migration(db: Any) -> int:
-    """pg_terminate_backend on the migration's sessions (what a DBA or a failover does); how many."""
+    """pg_terminate_backend on the migration's sessions and the backup's snapshot sessions (what a DBA or a
+    failover does); how many."""
     conn = db.cluster.connect()
     conn.autocommit = True
     try:
         with conn.cursor() as cur:
             cur.execute(
                 "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity"
-                " WHERE application_name = %s AND datname = %s",
-                (MIGRATE_APP, db.name),
+                " WHERE application_name IN (%s, %s) AND datname = %s",
+                (MIGRATE_APP, SNAPSHOT_APP, db.name),
             )
             return int(cur.fetchone()[0])
     finally:

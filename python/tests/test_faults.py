@@ -37,6 +37,7 @@ from fault_support import (
     catalog_state,
     check_legacy,
     check_state,
+    dump_gate,
     ledger_gate,
     legacy_checksums,
     status,
@@ -101,6 +102,16 @@ def points(total: int) -> dict[str, Point]:
     return {
         "preflight->backup": Point("preflight->backup", task=r"TASK \[run \| Note that the backup stage has started"),
         "backup:pg_dump": Point("backup:pg_dump", task=r"\| Dump the database to "),
+        # pg_dump has imported the backup's exported snapshot and waits on dump_gate's lock; the session that
+        # exported it is still in its transaction (reading preflight's probes, or waiting for pg_dump).
+        "backup:snapshot": Point(
+            "backup:snapshot",
+            sql="SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE query LIKE 'LOCK TABLE %dba_gate%'"
+            " AND wait_event_type = 'Lock') AND EXISTS (SELECT 1 FROM pg_stat_activity"
+            " WHERE application_name = 'capital_snapshot_dump' AND state <> 'idle')",
+        ),
+        # The dump is sealed; preflight's checks judge the rows read in its snapshot (nothing changed yet).
+        "backup:findings": Point("backup:findings", task=r"\| Check data quality in the dump's snapshot"),
         "backup->migrate": Point("backup->migrate", task=r"TASK \[run \| Note that the migrate stage has started"),
         "migrate:expand": Point("migrate:expand", phase="expanding"),
         "backfill:batch-1": Point("backfill:batch-1", rows=BATCH),
@@ -159,17 +170,17 @@ FAULTS = {
 # The points each fault is tried at in the full matrix. pg_terminate_backend only has a target while the
 # migration module is connected.
 MATRIX = {
-    "sigkill": ["backup:pg_dump", "backup->migrate", "backfill:batch-1", "backfill:40%", "migrate:enforce",
-                "migrate->verify"],
-    "sigkill-all": ["preflight->backup", "backup:pg_dump", "migrate:expand", "backfill:batch-1",
-                      "backfill:90%", "backfill:junta-index", "migrate:enforce", "migrate->verify"],
-    "sigint": ["backup:pg_dump", "migrate:expand", "backfill:40%", "backfill:junta-index", "migrate:enforce",
-               "migrate->verify"],
+    "sigkill": ["backup:pg_dump", "backup:findings", "backup->migrate", "backfill:batch-1", "backfill:40%",
+                "migrate:enforce", "migrate->verify"],
+    "sigkill-all": ["preflight->backup", "backup:pg_dump", "backup:snapshot", "backup:findings", "migrate:expand",
+                    "backfill:batch-1", "backfill:90%", "backfill:junta-index", "migrate:enforce", "migrate->verify"],
+    "sigint": ["backup:pg_dump", "backup:snapshot", "migrate:expand", "backfill:40%", "backfill:junta-index",
+               "migrate:enforce", "migrate->verify"],
     "sigterm": ["backup->migrate", "migrate:expand", "backfill:batch-1", "backfill:90%", "migrate:enforce"],
-    "terminate-backend": ["migrate:expand", "backfill:batch-1", "backfill:40%", "backfill:90%",
+    "terminate-backend": ["backup:snapshot", "migrate:expand", "backfill:batch-1", "backfill:40%", "backfill:90%",
                           "backfill:junta-index", "migrate:enforce"],
-    "server-crash": ["backup:pg_dump", "migrate:expand", "backfill:40%", "backfill:junta-index", "migrate:enforce",
-                     "migrate->verify"],
+    "server-crash": ["backup:pg_dump", "backup:snapshot", "migrate:expand", "backfill:40%", "backfill:junta-index",
+                     "migrate:enforce", "migrate->verify"],
 }
 FAST = {("sigterm", "backfill:40%")}
 CASES = [(fault, point) for fault, pts in MATRIX.items() for point in pts]
@@ -217,7 +228,8 @@ def test_fault_leaves_a_documented_recoverable_state(
     before = legacy_checksums(conn)
     conn.close()
     backups = Backups(tmp_path / "backups")
-    gate = ledger_gate(fdb) if point == "backfill:junta-index" else contextlib.nullcontext()
+    gate = (ledger_gate(fdb) if point == "backfill:junta-index" else dump_gate(fdb) if point == "backup:snapshot"
+            else contextlib.nullcontext())
     with application(fdb) as writer:
         run = Playbook(fdb.env, "migrate.yml", tmp_path, *MIGRATE_ARGS)
         try:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -183,3 +184,51 @@ def test_a_connection_that_cannot_be_opened_leaves_the_probes_to_the_others(
         conn.close()
     assert done.rc == 0 and done.lanes == 1
     assert done.rows["a"][0]["pid"] == done.rows["b"][0]["pid"]
+
+
+def test_losing_the_session_that_exported_the_snapshot_fails_the_call_and_removes_the_partial_file(
+    pg_db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pg_dump waits on a DBA's lock after importing the snapshot; a DBA terminates the exporting session."""
+    seed_db(pg_db, juntas=2)
+    _use(pg_db, monkeypatch)
+    partial = tmp_path / "db.dump.7.partial"
+    gate = pg_db.connect()
+    with gate.cursor() as cur:
+        cur.execute("CREATE TABLE dba_gate (note text)")
+        gate.commit()
+        cur.execute("LOCK TABLE dba_gate IN ACCESS EXCLUSIVE MODE")
+    conn = pg_db.connect()
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_backend_pid()")
+        exporter = cur.fetchone()[0]
+    conn.commit()
+    outcome: list[BaseException | object] = []
+
+    def dump() -> None:
+        try:
+            outcome.append(snapshot_dump(conn, _dump_argv(partial), str(partial), {"n": COUNT}))
+        except BaseException as exc:
+            outcome.append(exc)
+
+    worker = threading.Thread(target=dump)
+    worker.start()
+    try:
+        with contextlib.closing(pg_db.connect()) as watch:
+            with watch.cursor() as cur:
+                for _ in range(500):  # pg_dump imported the snapshot and waits on the gate
+                    cur.execute("SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LOCK TABLE %%dba_gate%%'"
+                                " AND wait_event_type = 'Lock'")
+                    if cur.fetchone()[0]:
+                        break
+                    watch.rollback()
+                    time.sleep(0.02)
+                cur.execute("SELECT pg_terminate_backend(%s)", (exporter,))
+            watch.commit()
+    finally:
+        gate.rollback()
+        gate.close()
+        worker.join(60)
+        conn.close()
+    assert len(outcome) == 1 and isinstance(outcome[0], Exception), outcome
+    assert not partial.exists()

@@ -116,6 +116,11 @@ def snapshot_dump(conn: Any, dump_argv: Sequence[str], partial: str, probes: Map
             proc.wait()
         try:
             conn.rollback()
+        except Exception:
+            # The session that exported the snapshot was lost (terminated, the server restarted): the run fails,
+            # and a dump it vouched for is not left behind as if it were complete.
+            ok = False
+            raise
         finally:
             err.close()
             if not ok:
