@@ -4,6 +4,7 @@ one snapshot for all of them, nothing written, a refused probe named, exact numb
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -141,3 +142,58 @@ def test_row_counts_quote_every_table_name_it_is_given(pg_db: Database) -> None:
     finally:
         conn.close()
     assert rows == [{"name": "Junta", "rows": 2}, {"name": hostile, "rows": 1}]
+
+
+# -- reading ahead on a second session (module_utils/prefetch.py, used by capital_check) ------------------
+def _exported(db: Database) -> tuple[object, str]:
+    conn = db.connect()
+    conn.autocommit = False
+    with conn.cursor() as cur:
+        cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        cur.execute("SELECT pg_export_snapshot()")
+        return conn, str(cur.fetchone()[0])
+
+
+def test_a_read_ahead_session_hands_over_its_rows_or_its_error_in_the_same_snapshot(pg_db: Database) -> None:
+    """Whichever session read a query, the caller gets the rows of its snapshot (or the error) once."""
+    from ansible_collections.prestamos.capital.plugins.module_utils.prefetch import Prefetch
+
+    seed_db(pg_db, juntas=2)
+    conn, snapshot = _exported(pg_db)
+    who = "SELECT pg_backend_pid(), pg_current_snapshot()::text"
+    queries = [who + ", 1", who + ", 2", "SELECT 1 / 0", who + ", 3"]
+    ahead = Prefetch(queries)
+    outcomes: list[str] = []
+    try:
+        ahead.start(pg_db.connect, snapshot)
+        deadline = time.monotonic() + 30
+        while ahead.read_ahead == 0 and time.monotonic() < deadline:  # the reader starts at the end
+            time.sleep(0.01)
+        with conn.cursor() as cur:
+            cur.execute(who)
+            mine = cur.fetchone()
+            for sql in queries:
+                try:
+                    rows = ahead.take(sql)
+                except Exception as exc:
+                    outcomes.append(f"reader: {exc}")
+                    continue
+                if rows is None:  # the caller's to run
+                    cur.execute("SAVEPOINT q")
+                    try:
+                        cur.execute(sql)
+                        rows = cur.fetchall()
+                    except Exception as exc:
+                        cur.execute("ROLLBACK TO SAVEPOINT q")
+                        outcomes.append(f"caller: {exc}")
+                        continue
+                    assert rows[0][0] == mine[0]
+                else:
+                    assert rows[0][0] != mine[0]
+                assert rows[0][1] == mine[1]  # the same snapshot either way
+                outcomes.append("rows")
+    finally:
+        ahead.close()
+        conn.close()
+    assert ahead.read_ahead >= 1
+    assert outcomes[:2] + outcomes[3:] == ["rows"] * 3 and "division by zero" in outcomes[2]

@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import tempfile
+import uuid
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -235,6 +236,37 @@ def test_sql_and_python_recomputations_agree(migrated: Database) -> None:
     assert any("sum(round(amount::numeric, 2))" in q for q in by_sql["executed_queries"])
 
 
+def test_a_second_session_reads_ahead_in_the_same_snapshot_and_the_figures_are_the_same(migrated: Database) -> None:
+    one = run_check(migrated)
+    two = run_check(migrated, connections=2)
+    assert not two.get("failed"), two.get("msg")
+    assert one["read_ahead"] == 0 and two["read_ahead"] > 0
+    for key in ("juntas_checked", "totals", "totals_recorded", "ledger", "shadow", "discrepancy_count"):
+        assert one[key] == two[key], key
+
+
+def test_a_second_session_that_cannot_connect_leaves_every_read_to_the_first(migrated: Database) -> None:
+    """max_connections reached: the second session's connect fails (a role limited to one connection)."""
+    role = f"cc_one_{uuid.uuid4().hex[:8]}"
+    admin = migrated.connect()
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'x' CONNECTION LIMIT 1")
+        cur.execute(f"GRANT pg_read_all_data TO {role}")
+        cur.execute(f"GRANT EXECUTE ON FUNCTION calculate_available_capital(text) TO {role}")
+    try:
+        # The password is a throwaway role's, given as a module option in the temporary playbook file.
+        result = run_check(migrated, connections=2, login_user=role, login_password="x")
+        assert not result.get("failed"), result.get("msg")
+        assert result["read_ahead"] == 0 and result["discrepancy_count"] == 0
+        assert result["juntas_checked"] == 6
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f"REVOKE EXECUTE ON FUNCTION calculate_available_capital(text) FROM {role}")
+            cur.execute(f"DROP ROLE {role}")
+        admin.close()
+
+
 def test_capital_check_runs_further_queries_in_its_snapshot_each_on_its_own(migrated: Database) -> None:
     result = run_check(migrated, queries=[
         "SELECT sum(current_capital) AS total, now() AS at FROM \"Junta\"",
@@ -279,7 +311,8 @@ def test_one_cent_in_a_junta_column_is_detected(scratch: Database) -> None:
     assert reported["totals_recorded"]["current_capital"] != reported["totals"]["current_capital"]
 
 
-def test_a_forged_movement_and_a_shadow_cent_are_detected(scratch: Database) -> None:
+@pytest.mark.parametrize("connections", [1, 2])
+def test_a_forged_movement_and_a_shadow_cent_are_detected(scratch: Database, connections: int) -> None:
     conn = scratch.connect()
     with conn, conn.cursor() as cur:
         cur.execute('SELECT id, junta_id FROM "Accion" WHERE affects_capital ORDER BY id LIMIT 1')
@@ -293,7 +326,8 @@ def test_a_forged_movement_and_a_shadow_cent_are_detected(scratch: Database) -> 
         cur.execute('UPDATE "PrestamoNew" SET amount = amount + 0.01 WHERE id = %s', (loan_id,))
     conn.close()
 
-    result = run_check(scratch, fail_on_discrepancy=False)
+    result = run_check(scratch, fail_on_discrepancy=False, connections=connections)
+    assert (result["read_ahead"] > 0) is (connections == 2)
     found = {(d["junta_id"], d["field"]): d for d in result["discrepancies"]}
     assert found[(junta_id, "ledger.ACCION")]["difference"] == "0.01"
     assert found[(junta_id, "ledger.balance")]["difference"] == "0.01"

@@ -230,6 +230,7 @@ RULES: dict[str, Rule] = {
     "capital_backup_space_factor": real(0, 100),
     "capital_max_xact_age": integer(0, 86_400 * 365),
     "capital_verify_max_discrepancies": integer(0, 1_000_000),
+    "capital_verify_connections": integer(1, 16),
     "capital_preflight_guide_query_max_rows": integer(0, 10**15),
     # Read by one stage only (its role checks the type when it starts; these are checked before anything).
     "capital_backup_free_bytes_override": integer(0, 2**62),

@@ -65,6 +65,14 @@ options:
     type: list
     elements: str
     default: []
+  connections:
+    description:
+      - Sessions that read at once. With 2 or more (and O(method=sql)) the check exports its snapshot and a
+        second session imports it and reads the aggregates from the end of the list while the first reads
+        from its start (module_utils/prefetch.py), so the figures are the same ones, read sooner. A second
+        session that cannot connect reads nothing; the first then reads everything.
+    type: int
+    default: 1
   lock_timeout:
     description:
       - PostgreSQL C(lock_timeout) for the check's reads, so it fails instead of queueing forever behind
@@ -107,6 +115,11 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+read_ahead:
+  description: How many of the reads a second session made in the same snapshot (O(connections)); 0 with one.
+  returned: success
+  type: int
+  sample: 7
 juntas_checked:
   description: Number of rows in C("Junta") that were checked.
   returned: success
@@ -207,6 +220,7 @@ from ansible_collections.prestamos.capital.plugins.module_utils.pg import (
     connect_kwargs,
     connection_argument_spec,
 )
+from ansible_collections.prestamos.capital.plugins.module_utils.prefetch import Prefetch
 
 if HAS_PSYCOPG2:
     import psycopg2
@@ -340,6 +354,7 @@ class CapitalChecker:
         self.executed_queries: list[str] = []
         self.conn: Any = None
         self._found: list[Discrepancy] = []
+        self.prefetch: Prefetch | None = None
 
     # -- database plumbing ---------------------------------------------------------------------------
     def connect(self) -> None:
@@ -355,6 +370,8 @@ class CapitalChecker:
 
     def close(self) -> None:
         """Roll back (nothing was written; this just ends the snapshot) and disconnect."""
+        if self.prefetch is not None:
+            self.prefetch.close()
         if self.conn is not None and not self.conn.closed:
             try:
                 self.conn.rollback()
@@ -366,10 +383,31 @@ class CapitalChecker:
     def query(self, sql: str, args: tuple[Any, ...] | None = None) -> list[tuple[Any, ...]]:
         """Run one read and fetch all of it (used only for aggregated, per-junta sized results)."""
         self.executed_queries.append(sql)
+        ahead = self.prefetch.take(sql) if self.prefetch is not None and args is None else None
+        if ahead is not None:
+            return ahead
         with self.conn.cursor() as cur:
             cur.execute(sql, args)
             rows: list[tuple[Any, ...]] = cur.fetchall()
             return rows
+
+    def read_ahead(self, calc_ok: bool, shadow_ok: bool) -> None:
+        """With connections > 1 (method sql): export this snapshot and let a second session read, from the
+        end, the aggregates run() will ask for, in the order it asks (module_utils/prefetch.py)."""
+        if self.params["connections"] < 2 or self.params["method"] != "sql":
+            return
+        queries = [SQL_EXPECTED_SUMS, SQL_JUNTA, SQL_LEDGER]
+        if self.params["check_function"] and calc_ok:
+            queries.append(SQL_CALCULATED)
+        if self.params["check_shadow"] and shadow_ok:
+            queries += [SQL_SHADOW[name] for name in ("legacy_loans", "legacy_payments", "shadow_loans",
+                                                      "shadow_payments")]
+            queries += [sql for _field, sql in SQL_SHADOW_ROWS]
+        snapshot = self.query("SELECT pg_export_snapshot()")[0][0]
+        self.prefetch = Prefetch(queries)
+        self.prefetch.start(
+            lambda: psycopg2.connect(**connect_kwargs(self.params, "capital_check")), snapshot,
+            [("SELECT set_config('lock_timeout', %s, true)", (self.params["lock_timeout"],))])
 
     def stream(self, name: str, sql: str) -> Iterator[tuple[Any, ...]]:
         """Yield rows through a server-side cursor, STREAM_BATCH at a time (raw tables can be huge)."""
@@ -401,6 +439,7 @@ class CapitalChecker:
                 + ", ".join(missing)
                 + "); run the migrate stage (migrate.yml) first"
             )
+        self.read_ahead(bool(calc_ok), bool(shadow_loans and shadow_payments))
 
         expected_sums = self.expected_sums()
         junta_columns = {row[0]: JuntaCapital(row[1], row[2], row[3]) for row in self.query(SQL_JUNTA)}
@@ -453,6 +492,7 @@ class CapitalChecker:
             discrepancies=[d.as_dict() for d in discrepancies[:limit]],
             discrepancy_count=len(discrepancies),
             snapshot_time=snapshot.isoformat(),
+            read_ahead=self.prefetch.read_ahead if self.prefetch is not None else 0,
         )
         result["query_results"] = [self.extra_query(sql) for sql in self.params["queries"]]
         self._found = discrepancies
@@ -565,6 +605,7 @@ def argument_spec() -> dict[str, Any]:
         "max_discrepancies": {"type": "int", "default": 1000},
         "lock_timeout": {"type": "str", "default": "10s"},
         "queries": {"type": "list", "elements": "str", "default": []},
+        "connections": {"type": "int", "default": 1},
         **connection_argument_spec(),
     }
 
@@ -582,6 +623,8 @@ def main() -> None:
         module.fail_json(msg=missing_required_lib("psycopg2"), exception=PSYCOPG2_IMPORT_ERROR, **base)
     if module.params["max_discrepancies"] < 1:
         module.fail_json(msg="max_discrepancies must be at least 1", **base)
+    if module.params["connections"] < 1:
+        module.fail_json(msg=f"connections must be 1 or more, got {module.params['connections']}", **base)
     checker = CapitalChecker(module)
     try:
         checker.connect()
