@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import io
-import subprocess
 import tarfile
 from collections.abc import Callable, Iterator
 from decimal import Decimal
@@ -23,18 +21,15 @@ from capital_migrate.datagen import generate
 SQL_DIR = Path(__file__).resolve().parents[2] / "files" / "sql"
 # The layout of files/sql before capital_backfill_batch wrote its four source steps through one ledger insert;
 # its checksum is accepted for version 1 (accepted_checksums.json), its definition of that function too.
+# Kept as `git archive --format=tar 223f0f7 files/sql | gzip -9n` in tests/data, so that the tests need no git
+# history (CI may clone shallow).
 PREVIOUS_LAYOUT = "223f0f7bf5a718041b2fe77ce3af7658548dc15f"
+PREVIOUS_LAYOUT_ARCHIVE = Path(__file__).resolve().parent / "data" / "files_sql_223f0f7.tar.gz"
 
 
-def previous_layout(dest: Path, commit: str = PREVIOUS_LAYOUT) -> Path:
-    """files/sql exactly as ``commit`` had it (from git history: the tests of databases that layout migrated)."""
-    repo = SQL_DIR.parents[1]
-    archive = subprocess.run(["git", "-C", str(repo), "archive", "--format=tar", commit, "files/sql"],
-                             capture_output=True, check=False)
-    if archive.returncode != 0:
-        raise RuntimeError(f"these tests need the git history holding commit {commit} (a full clone): "
-                           + archive.stderr.decode(errors="replace"))
-    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+def previous_layout(dest: Path) -> Path:
+    """files/sql exactly as commit PREVIOUS_LAYOUT had it (the tests of databases that layout migrated)."""
+    with tarfile.open(PREVIOUS_LAYOUT_ARCHIVE, "r:gz") as tar:
         tar.extractall(dest, filter="data")
     return dest / "files" / "sql"
 
