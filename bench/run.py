@@ -22,6 +22,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -258,10 +259,18 @@ def plan_check(pg: Cluster, tpl: str) -> dict[str, Any]:
 
 
 def measure_playbook(pg: Cluster, tpl: str, workdir: Path, extra_env: dict[str, str] | None = None) -> dict[str, Any]:
-    """migrate.yml end to end with ansible-playbook; stage times from the capital_report JSON.
+    """migrate.yml end to end with ansible-playbook on a fresh copy of tpl; stage times from the report JSON.
 
     extra_env is added to the run's environment (bench.overhead enables the junit callback with it)."""
     db = clone(pg, tpl, "b_play")
+    out = playbook_on(pg, db, workdir, extra_env)
+    pg.drop_database(db)
+    return out
+
+
+def playbook_on(pg: Cluster, db: str, workdir: Path, extra_env: dict[str, str] | None = None,
+                extra_vars: Sequence[str] = ()) -> dict[str, Any]:
+    """migrate.yml end to end with ansible-playbook on database db; stage times from the capital_report JSON."""
     report_dir = Path(tempfile.mkdtemp(prefix="report-", dir=workdir))
     env = tool_env(pg, db)
     env["ANSIBLE_CALLBACKS_ENABLED"] = "prestamos.capital.capital_report"
@@ -276,6 +285,8 @@ def measure_playbook(pg: Cluster, tpl: str, workdir: Path, extra_env: dict[str, 
         "-e",
         f"capital_backup_dir={workdir / 'backups'}",
     ]
+    for extra in extra_vars:
+        argv += ["-e", extra]
     began = time.monotonic()
     done = subprocess.run(argv, env=env, cwd=ROOT, capture_output=True, text=True, check=False)
     wall = time.monotonic() - began
@@ -284,11 +295,16 @@ def measure_playbook(pg: Cluster, tpl: str, workdir: Path, extra_env: dict[str, 
     if reports:
         rep = json.loads(reports[-1].read_text())
         out["stages"] = {s["name"]: s["duration_s"] for s in rep.get("stages", [])}
+        # Each stage's window in epoch seconds (the report's UTC start and its duration), for the footprint.
+        out["windows"] = {
+            s["name"]: (start, start + s["duration_s"])
+            for s in rep.get("stages", [])
+            if (start := datetime.fromisoformat(s["started_at"]).replace(tzinfo=UTC).timestamp())
+        }
         out["outcome"] = rep.get("outcome")
     if done.returncode != 0:
         out["error"] = done.stdout[-1500:]
     subprocess.run(["rm", "-rf", str(report_dir), str(workdir / "backups")], check=True)
-    pg.drop_database(db)
     return out
 
 
@@ -401,10 +417,12 @@ def capital_check(pg: Cluster, db: str, workdir: Path) -> dict[str, Any]:
 
 
 def load_run(
-    pg: Cluster, tpl: str, workdir: Path, tag: str, seconds: int, rate: int, migrate: bool, holder_seconds: float = 0.0
+    pg: Cluster, tpl: str, workdir: Path, tag: str, seconds: int, rate: int, migrate: bool, holder_seconds: float = 0.0,
+    whole_run: bool = False, extra_vars: Sequence[str] = (),
 ) -> dict[str, Any]:
     """The application's load for `seconds`; with migrate, the migration starts 3 s in (after an optional
-    transaction holding a lock on "Junta" for holder_seconds)."""
+    transaction holding a lock on "Junta" for holder_seconds): the migrate stage in-process, or with whole_run
+    all of migrate.yml through ansible-playbook (preflight, backup, migrate, verify)."""
     db = clone(pg, tpl, f"b_load_{tag}")
     psql(pg, db, "-f", str(BENCH / "pgbench" / "setup.sql"))
     npick, nrich = (
@@ -433,17 +451,20 @@ def load_run(
             holder = pg.connect(db)
             holder.cursor().execute('SELECT count(*) FROM "Junta"')  # ACCESS SHARE until commit
             threading.Timer(holder_seconds, holder.commit).start()
-        conn = pg.connect(db)
-        sampler.migrator_pid = conn.get_backend_pid()
         began = time.time()
-        try:
-            result = Migrator(conn, sql_files(), Options()).run()
-            out["migration"] = {"seconds": time.time() - began, "lock_retries": result["lock_retries"],
-                                "batches_rerun": result["batches_rerun"]}
-        except MigrationError as exc:
-            out["migration"] = {"seconds": time.time() - began, "error": exc.msg}
+        if whole_run:
+            out["migration"] = playbook_on(pg, db, workdir, extra_vars=extra_vars)
+        else:
+            conn = pg.connect(db)
+            sampler.migrator_pid = conn.get_backend_pid()
+            try:
+                result = Migrator(conn, sql_files(), Options()).run()
+                out["migration"] = {"seconds": time.time() - began, "lock_retries": result["lock_retries"],
+                                    "batches_rerun": result["batches_rerun"]}
+            except MigrationError as exc:
+                out["migration"] = {"seconds": time.time() - began, "error": exc.msg}
+            conn.close()
         window = (began, time.time() + 1)
-        conn.close()
         if holder is not None:
             time.sleep(max(0.0, holder_seconds - (time.time() - began)) + 0.2)
             holder.close()
@@ -455,6 +476,8 @@ def load_run(
     out["all"] = latencies(prefix)
     if window:
         out["during_migration"] = latencies(prefix, window)
+        out["per_stage"] = {name: latencies(prefix, tuple(w))
+                            for name, w in out.get("migration", {}).get("windows", {}).items()}
         out["app_lock_wait_on_migration_s"] = sampler.app_wait_on_migration
         out["migration_lock_wait_s"] = sampler.migration_wait
     out["app_lock_wait_any_s"] = sampler.app_wait_any
