@@ -273,19 +273,37 @@ $$;
 -- with the batch, so a killed run resumes exactly where it stopped).
 -- Steps: Accion, Multa, Prestamo (+ shadow), PagoPrestamo (+ shadow), Junta
 -- (recompute columns; then phase ledger_complete), PrestamoNew (sweep).
+-- Several sessions may call it at once (the capital_migrate module's
+-- backfill lanes): a call takes its step's progress row FOR UPDATE SKIP
+-- LOCKED, so two calls never run batches of one step, and the four ledger
+-- steps, which are independent of each other, run side by side. A call whose
+-- step is held by another session returns 'busy' (rows -3): the ledger steps
+-- still held elsewhere come before the junta steps, and each junta step
+-- before the next. The migration state row is read FOR SHARE (FOR UPDATE only
+-- by the first call, which starts the backfill): a phase change by anyone
+-- else waits for the batches in flight.
 CREATE OR REPLACE FUNCTION capital_backfill_step(p_batch integer)
 RETURNS TABLE (source text, rows_done integer, source_done boolean, all_done boolean)
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
+    c_order constant text[] := ARRAY['Accion', 'Multa', 'Prestamo', 'PagoPrestamo', 'Junta', 'PrestamoNew'];
+    c_ledger_steps constant text[] := ARRAY['Accion', 'Multa', 'Prestamo', 'PagoPrestamo'];
     v_phase text;
+    v_first text;
     v_source text;
     v_rows integer;
 BEGIN
     IF p_batch IS NULL OR p_batch < 1 THEN
         RAISE EXCEPTION 'batch size must be a positive integer, got %', p_batch USING ERRCODE = '22023';
     END IF;
-    SELECT s.phase INTO v_phase FROM capital_migration_state s FOR UPDATE;
+    SELECT s.phase INTO v_phase FROM capital_migration_state s;
+    IF v_phase = 'expanded' THEN
+        -- READ COMMITTED: a call that waited here for another one's start sees its phase.
+        SELECT s.phase INTO v_phase FROM capital_migration_state s FOR UPDATE;
+    ELSE
+        SELECT s.phase INTO v_phase FROM capital_migration_state s FOR SHARE;
+    END IF;
     IF v_phase = 'expanding' THEN
         RAISE EXCEPTION 'the expand step is not complete (phase %); run the expand files first', v_phase
             USING ERRCODE = '55000';
@@ -293,21 +311,31 @@ BEGIN
     IF v_phase = 'expanded' THEN
         INSERT INTO capital_backfill_progress AS p (source, rows_total)
         SELECT t.source, greatest(c.reltuples, 0)::bigint
-          FROM unnest(ARRAY['Accion', 'Multa', 'Prestamo', 'PagoPrestamo', 'Junta', 'PrestamoNew'])
-               AS t(source)
+          FROM unnest(c_order) AS t(source)
           LEFT JOIN pg_class c ON c.oid = to_regclass(format('%I', t.source))
         ON CONFLICT (source) DO NOTHING;
         UPDATE capital_migration_state SET phase = 'backfilling', updated_at = now();
         v_phase := 'backfilling';
     END IF;
-    SELECT p.source INTO v_source
+    SELECT p.source INTO v_first
       FROM capital_backfill_progress p
      WHERE NOT p.done
-     ORDER BY array_position(ARRAY['Accion', 'Multa', 'Prestamo', 'PagoPrestamo', 'Junta', 'PrestamoNew'],
-                             p.source)
+     ORDER BY array_position(c_order, p.source)
      LIMIT 1;
-    IF v_source IS NULL THEN
+    IF v_first IS NULL THEN
         RETURN QUERY SELECT 'complete'::text, 0, true, true;
+        RETURN;
+    END IF;
+    -- The first unfinished step; while another session holds it, the ledger step with the most rows left
+    -- (the junta steps need the whole ledger, the sweep the junta columns: they never run beside another).
+    SELECT p.source INTO v_source
+      FROM capital_backfill_progress p
+     WHERE NOT p.done AND (p.source = v_first OR p.source = ANY (c_ledger_steps))
+     ORDER BY p.source = v_first DESC, coalesce(p.rows_total, 0) - p.rows_done DESC, array_position(c_order, p.source)
+     LIMIT 1
+       FOR UPDATE SKIP LOCKED;
+    IF v_source IS NULL THEN
+        RETURN QUERY SELECT 'busy'::text, -3, false, false;
         RETURN;
     END IF;
     -- The junta steps read each junta's movements through capital_movements_junta_created_idx, which
@@ -326,9 +354,10 @@ BEGIN
     -- turns into a hash join over a sequential scan of the whole ledger (every batch slower than the one
     -- before: quadratic). Analyse whenever the ledger has doubled since its statistics were taken (a few
     -- times per run, ~0.1 s each); ANALYZE also invalidates the cached plans of this session.
-    IF (SELECT sum(p.rows_done) FROM capital_backfill_progress p
-         WHERE p.source IN ('Accion', 'Multa', 'Prestamo', 'PagoPrestamo'))
+    -- (One session at a time: a second ANALYZE would wait for the first's lock, so it skips instead.)
+    IF (SELECT sum(p.rows_done) FROM capital_backfill_progress p WHERE p.source = ANY (c_ledger_steps))
        > 2 * greatest((SELECT c.reltuples FROM pg_class c WHERE c.oid = 'capital_movements'::regclass), 5000)
+       AND pg_try_advisory_xact_lock(hashtext('prestamos.capital_tracking.analyze'))
     THEN
         ANALYZE capital_movements;
     END IF;
@@ -356,7 +385,8 @@ END
 $$;
 
 -- The same loop for operators using psql: one transaction per batch. Returns when everything is done, or
--- when the next step needs the junta index that is not built yet (20_backfill.sql).
+-- when the next step needs the junta index that is not built yet (20_backfill.sql). A step held by another
+-- session (busy, rows -3) is waited for like the barrier.
 CREATE OR REPLACE PROCEDURE capital_backfill_run(p_batch integer)
 LANGUAGE plpgsql AS $$
 DECLARE

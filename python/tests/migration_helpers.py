@@ -19,17 +19,19 @@ from ansible_collections.prestamos.capital.plugins.module_utils.migration import
 from capital_migrate.datagen import generate
 
 SQL_DIR = Path(__file__).resolve().parents[2] / "files" / "sql"
-# The layout of files/sql before capital_backfill_batch wrote its four source steps through one ledger insert;
-# its checksum is accepted for version 1 (accepted_checksums.json), its definition of that function too.
-# Kept as `git archive --format=tar 223f0f7 files/sql | gzip -9n` in tests/data, so that the tests need no git
-# history (CI may clone shallow).
-PREVIOUS_LAYOUT = "223f0f7bf5a718041b2fe77ce3af7658548dc15f"
-PREVIOUS_LAYOUT_ARCHIVE = Path(__file__).resolve().parent / "data" / "files_sql_223f0f7.tar.gz"
+# Earlier layouts of files/sql whose checksums are accepted for version 1 (accepted_checksums.json), with the
+# definitions they gave objects that the SQL files now define differently: 223f0f7, before
+# capital_backfill_batch wrote its four source steps through one ledger insert; 5eadf5d, before
+# capital_backfill_step let several sessions run the ledger steps side by side. Each is kept as
+# `git archive --format=tar <commit> files/sql | gzip -9n` in tests/data, so that the tests need no git history
+# (CI may clone shallow).
+DATA = Path(__file__).resolve().parent / "data"
+LAYOUT_ARCHIVES = {"223f0f7": DATA / "files_sql_223f0f7.tar.gz", "5eadf5d": DATA / "files_sql_5eadf5d.tar.gz"}
 
 
-def previous_layout(dest: Path) -> Path:
-    """files/sql exactly as commit PREVIOUS_LAYOUT had it (the tests of databases that layout migrated)."""
-    with tarfile.open(PREVIOUS_LAYOUT_ARCHIVE, "r:gz") as tar:
+def previous_layout(dest: Path, commit: str = "223f0f7") -> Path:
+    """files/sql exactly as an earlier commit had it (the tests of databases that layout migrated)."""
+    with tarfile.open(LAYOUT_ARCHIVES[commit], "r:gz") as tar:
         tar.extractall(dest, filter="data")
     return dest / "files" / "sql"
 
@@ -89,7 +91,8 @@ def migrate(db: Any, sql: dict[str, str] | None = None, stop_after_batches: int 
     """Run the migration on its own connection, like one module invocation (optionally stopped early)."""
     conn = db.connect()
     try:
-        migrator = StoppingMigrator(conn, sql if sql is not None else sql_files(), Options(**options))
+        migrator = StoppingMigrator(conn, sql if sql is not None else sql_files(), Options(**options),
+                                    connect=db.connect)
         migrator.stop_after_batches, migrator.stop_after_file = stop_after_batches, stop_after_file
         migrator.on_batch = after_batch
         return migrator.run()

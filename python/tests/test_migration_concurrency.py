@@ -100,14 +100,16 @@ def _writer(db: Any, seed: int, stop: threading.Event, errors: list[str]) -> Non
         conn.close()
 
 
-def test_concurrent_writers_during_the_whole_migration_lose_and_double_nothing(pg_db) -> None:
+@pytest.mark.parametrize("sessions", [1, 2], ids=["one-session", "two-backfill-sessions"])
+def test_concurrent_writers_during_the_whole_migration_lose_and_double_nothing(pg_db, sessions: int) -> None:
     seed_db(pg_db, juntas=3, dirty=True)
     stop, errors = threading.Event(), []
     threads = [threading.Thread(target=_writer, args=(pg_db, n, stop, errors)) for n in range(3)]
     for t in threads:
         t.start()
     try:
-        result = migrate(pg_db, batch_size=25, lock_timeout="500ms", lock_retries=20, lock_backoff=0.05)
+        result = migrate(pg_db, batch_size=25, lock_timeout="500ms", lock_retries=20, lock_backoff=0.05,
+                         backfill_connections=sessions)
         stop.wait(1.0)
     finally:
         stop.set()
@@ -115,6 +117,7 @@ def test_concurrent_writers_during_the_whole_migration_lose_and_double_nothing(p
             t.join()
     assert errors == []
     assert result["state_after"] == "applied"
+    assert result["backfill_sessions"] == sessions
     conn = pg_db.connect()
     try:
         assert capital_mismatches(conn) == []

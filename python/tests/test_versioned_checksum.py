@@ -1,9 +1,11 @@
 """Versioned checksums (issue 18): a pure reorganisation of files/sql leaves a database applied by the earlier
 layout `applied` once that layout's checksum is accepted for the migration version; without it, drifted.
 
-A layout that also changed a definition (the previous one, 223f0f7: capital_backfill_batch's four ledger inserts
-became one) keeps that definition as data (accepted_checksums.json "definitions"): a database it applied stays
-applied and rolls back, one it began resumes and rolls back, one it migrated through psql is adopted."""
+A layout that also changed a definition keeps that definition as data (accepted_checksums.json "definitions"):
+a database it applied stays applied and rolls back, one it began resumes and rolls back, one it migrated through
+psql is adopted. Two such layouts: 223f0f7 (capital_backfill_batch's four ledger inserts became one, and
+capital_backfill_step changed after it) and 5eadf5d (capital_backfill_step let several sessions run the ledger
+steps side by side)."""
 
 from __future__ import annotations
 
@@ -89,10 +91,14 @@ def test_a_reorganised_layout_keeps_an_applied_database_applied_only_when_accept
     assert status.json()["status"]["state"] == "applied"
 
 
-# -- a layout that changed a definition: capital_backfill_batch's one ledger insert (previous: 223f0f7) --------
+# -- layouts that changed a definition: 223f0f7 (the one ledger insert), 5eadf5d (the backfill's sessions) ------
 BATCH_FUNCTION = "capital_backfill_batch(text,integer)"
 BATCH_KEY = provenance.Key("function", "", BATCH_FUNCTION)
+STEP_KEY = provenance.Key("function", "", "capital_backfill_step(integer)")
 ONE_BATCH_DEF = "SELECT pg_get_functiondef('capital_backfill_batch(text,integer)'::regprocedure)"
+# Each earlier layout and the objects the SQL files now define differently from it.
+CHANGED_SINCE = {"223f0f7": {BATCH_KEY, STEP_KEY}, "5eadf5d": {STEP_KEY}}
+LAYOUTS = pytest.mark.parametrize("layout", sorted(CHANGED_SINCE))
 
 
 def sha_of(files: dict[str, str]) -> str:
@@ -100,31 +106,38 @@ def sha_of(files: dict[str, str]) -> str:
     return sql_checksum([files[MAIN_SCRIPT], *(files[name] for name in parse_order(files[MAIN_SCRIPT]))])
 
 
-def batch_definition(db: Any) -> tuple[str, str, str]:
+def batch_definition(db: Any, key: provenance.Key = BATCH_KEY) -> tuple[str, str, str]:
     """(the function's definition sha256 in the catalog, its record row's sha256, its record row's state)."""
     conn = db.connect()
     try:
         with conn.cursor() as cur:
-            now = provenance.read_catalog(cur)[BATCH_KEY].sha256
+            now = provenance.read_catalog(cur)[key].sha256
     finally:
         conn.close()
     [(recorded, state)] = query(db, "SELECT definition_sha256, state FROM capital_migration_objects"
-                                    " WHERE kind = 'function' AND name = %s", (BATCH_FUNCTION,))
+                                    " WHERE kind = 'function' AND name = %s", (key.name,))
     return now, recorded, state
 
 
-def test_the_previous_layout_is_accepted_and_differs_only_in_the_one_ledger_insert(tmp_path: Path) -> None:
-    """The data the other tests rely on: the previous layout's checksum is accepted for version 1, and of
-    everything it creates only capital_backfill_batch is defined differently now, with the old definition
-    accepted. (A changed definition without an accepted entry fails here before it fails a DBA.)"""
-    old = load_sql_dir(previous_layout(tmp_path))
+def changed_definitions(db: Any, layout: str) -> dict[provenance.Key, tuple[str, str, str]]:
+    return {key: batch_definition(db, key) for key in CHANGED_SINCE[layout]}
+
+
+@LAYOUTS
+def test_the_previous_layout_is_accepted_and_differs_only_in_the_one_ledger_insert(
+    tmp_path: Path, layout: str
+) -> None:
+    """The data the other tests rely on: each earlier layout's checksum is accepted for version 1, and of
+    everything it creates only the functions of CHANGED_SINCE are defined differently now, with their old
+    definitions accepted. (A changed definition without an accepted entry fails here before it fails a DBA.)"""
+    old = load_sql_dir(previous_layout(tmp_path, layout))
     new = load_sql_dir(SQL_DIR)
     assert sha_of(old) in accepted_checksums(new)["1"]
     old_inventory = provenance.load_inventory(old[provenance.INVENTORY_FILE])
     new_inventory = provenance.load_inventory(new[provenance.INVENTORY_FILE])
     assert set(old_inventory) == set(new_inventory)
     changed = {k for k in new_inventory if old_inventory[k] != new_inventory[k]}
-    assert changed == {BATCH_KEY}
+    assert changed == CHANGED_SINCE[layout]
     for key in changed:
         assert old_inventory[key] in provenance.known_definitions(new_inventory, key)
     assert new_inventory.accepted == provenance.load_accepted_definitions(new[ACCEPTED_FILE])
@@ -142,23 +155,27 @@ def test_the_one_ledger_insert_writes_what_the_four_copies_wrote(pg_cluster: Any
         assert_same_end_state(after, before)
 
 
-def test_a_database_applied_by_the_previous_layout_stays_applied_and_rolls_back(pg_db: Any, tmp_path: Path) -> None:
-    """(a) applied with the previous files: applied to these, a rerun changes nothing (the old definition
-    stays, recorded as it is); (b) the rollback with these files removes everything, after application
+@LAYOUTS
+def test_a_database_applied_by_the_previous_layout_stays_applied_and_rolls_back(
+    pg_db: Any, tmp_path: Path, layout: str
+) -> None:
+    """(a) applied with the earlier files: applied to these, a rerun changes nothing (the old definitions
+    stay, recorded as they are); (b) the rollback with these files removes everything, after application
     writes through the old layout's triggers."""
     seed_db(pg_db, juntas=2, dirty=True)
     shape = fingerprint(pg_db)
-    old = load_sql_dir(previous_layout(tmp_path))
+    old = load_sql_dir(previous_layout(tmp_path, layout))
     applied = migrate(pg_db, sql=old)
     assert applied["sql_sha256"] == sha_of(old)
-    old_def = batch_definition(pg_db)
-    assert old_def == (provenance.load_inventory(old[provenance.INVENTORY_FILE])[BATCH_KEY],) * 2 + ("created",)
+    old_defs = changed_definitions(pg_db, layout)
+    old_inventory = provenance.load_inventory(old[provenance.INVENTORY_FILE])
+    assert old_defs == {key: (old_inventory[key],) * 2 + ("created",) for key in CHANGED_SINCE[layout]}
 
     rerun = migrate(pg_db)
     assert (rerun["state_before"], rerun["state_after"], rerun["changed"]) == ("applied", "applied", False)
     assert rerun["statements"] == [] and rerun["batches"] == 0
     assert rerun["provenance"]["drift"] == [] and rerun["provenance"]["changed"] == []
-    assert batch_definition(pg_db) == old_def
+    assert changed_definitions(pg_db, layout) == old_defs
 
     write_application_rows(pg_db)
     conn = pg_db.connect()
@@ -172,18 +189,19 @@ def test_a_database_applied_by_the_previous_layout_stays_applied_and_rolls_back(
     assert fingerprint(pg_db) == shape
 
 
+@LAYOUTS
 @pytest.mark.parametrize("stop", [
     pytest.param({"stop_after_file": "11_expand_columns.sql"}, id="before-the-functions"),
     pytest.param({"stop_after_file": "14_triggers.sql"}, id="after-expand"),
     pytest.param({"stop_after_batches": 3}, id="mid-backfill"),
 ])
 def test_a_database_partly_migrated_by_the_previous_layout_resumes_with_these_files_then_rolls_back(
-    pg_cluster: Any, tmp_path: Path, stop: dict[str, Any]
+    pg_cluster: Any, tmp_path: Path, stop: dict[str, Any], layout: str
 ) -> None:
-    """(c) begun with the previous files, resumed with these: the run replaces the old definition and its
-    record row follows in the same transaction, so the end state is this layout's, row by row, and the
-    rollback finds nothing changed and leaves nothing behind."""
-    old = load_sql_dir(previous_layout(tmp_path))
+    """(c) begun with the earlier files, resumed with these (on two backfill sessions): the run replaces the
+    old definitions and their record rows follow in the same transaction, so the end state is this layout's,
+    row by row, and the rollback finds nothing changed and leaves nothing behind."""
+    old = load_sql_dir(previous_layout(tmp_path, layout))
     with temporary_database(pg_cluster) as reference, temporary_database(pg_cluster) as victim:
         for db in (reference, victim):
             seed_db(db, juntas=3, dirty=True)
@@ -191,10 +209,12 @@ def test_a_database_partly_migrated_by_the_previous_layout_resumes_with_these_fi
         migrate(reference, batch_size=40)
         with pytest.raises(Interrupted):
             migrate(victim, sql=old, batch_size=40, **stop)
-        resumed = migrate(victim, batch_size=40)
+        resumed = migrate(victim, batch_size=40, backfill_connections=2)
         assert (resumed["state_before"], resumed["state_after"]) == ("partial", "applied")
-        new_sha = provenance.load_inventory((SQL_DIR / provenance.INVENTORY_FILE).read_text())[BATCH_KEY]
-        assert batch_definition(victim) == (new_sha, new_sha, "created")
+        new_inventory = provenance.load_inventory((SQL_DIR / provenance.INVENTORY_FILE).read_text())
+        assert changed_definitions(victim, layout) == {
+            key: (new_inventory[key], new_inventory[key], "created") for key in CHANGED_SINCE[layout]
+        }
         assert_same_end_state(victim, reference)
         assert migrate(victim)["changed"] is False
         result = roll_back(victim)
@@ -212,24 +232,26 @@ def psql_migrate(db: Any, sql_dir: Path, sha: str) -> None:
     )
 
 
+@LAYOUTS
 def test_a_database_migrated_through_psql_by_the_previous_layout_is_adopted_with_its_old_definition(
-    pg_db: Any, tmp_path: Path
+    pg_db: Any, tmp_path: Path, layout: str
 ) -> None:
-    """(d) migrated with the previous files through psql, before any record: these files adopt every object,
-    capital_backfill_batch with the definition the previous layout gave it (accepted), and change nothing
+    """(d) migrated with the earlier files through psql, before any record: these files adopt every object,
+    the changed functions with the definitions the earlier layout gave them (accepted), and change nothing
     else; the rollback then removes everything."""
     seed_db(pg_db, juntas=2, dirty=True)
     shape = fingerprint(pg_db)
-    old_dir = previous_layout(tmp_path)
+    old_dir = previous_layout(tmp_path, layout)
     old = load_sql_dir(old_dir)
     psql_migrate(pg_db, old_dir, sha_of(old))
-    before = batch_definition_in_catalog(pg_db)
+    before = {key: batch_definition_in_catalog(pg_db, key) for key in CHANGED_SINCE[layout]}
 
     adopted = migrate(pg_db)
     assert (adopted["state_before"], adopted["state_after"], adopted["changed"]) == ("applied", "applied", True)
-    assert f"function {BATCH_FUNCTION}" in adopted["provenance"]["adoptable"]
+    for key in CHANGED_SINCE[layout]:
+        assert f"function {key.name}" in adopted["provenance"]["adoptable"]
     assert adopted["provenance"]["drift"] == [] and adopted["statements"] == []
-    assert batch_definition(pg_db) == (before, before, "adopted")
+    assert changed_definitions(pg_db, layout) == {key: (sha, sha, "adopted") for key, sha in before.items()}
     assert migrate(pg_db)["changed"] is False
 
     result = roll_back(pg_db)
@@ -238,11 +260,11 @@ def test_a_database_migrated_through_psql_by_the_previous_layout_is_adopted_with
     assert fingerprint(pg_db) == shape
 
 
-def batch_definition_in_catalog(db: Any) -> str:
+def batch_definition_in_catalog(db: Any, key: provenance.Key = BATCH_KEY) -> str:
     conn = db.connect()
     try:
         with conn.cursor() as cur:
-            return provenance.read_catalog(cur)[BATCH_KEY].sha256
+            return provenance.read_catalog(cur)[key].sha256
     finally:
         conn.close()
 

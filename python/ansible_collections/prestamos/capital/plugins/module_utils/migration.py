@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,6 +93,9 @@ class Migrator(BackfillRunner):
     sql: Mapping[str, str]
     options: Options = field(default_factory=Options)
     order: Sequence[str] | None = None
+    # Opens another connection to the same database, for the backfill's extra sessions
+    # (options.backfill_connections); without it the backfill runs on this connection alone.
+    connect: Callable[[], Any] | None = None
 
     def __post_init__(self) -> None:
         if MAIN_SCRIPT not in self.sql:
@@ -124,6 +127,8 @@ class Migrator(BackfillRunner):
         self.statement_timeout_ms = duration_ms(opts.statement_timeout, "statement_timeout")
         if opts.batch_size < 1:
             raise MigrationError(f"batch_size must be at least 1, got {opts.batch_size}")
+        if not 1 <= opts.backfill_connections <= 16:
+            raise MigrationError(f"backfill_connections must be between 1 and 16, got {opts.backfill_connections}")
         if opts.lock_retries < 0:
             raise MigrationError(f"lock_retries must be 0 or more, got {opts.lock_retries}")
         self.cur = self.conn.cursor()
@@ -259,6 +264,7 @@ class Migrator(BackfillRunner):
             "rows_backfilled": self.rows_backfilled,
             "batches": self.batches,
             "batches_rerun": self.batches_rerun,
+            "backfill_sessions": self.backfill_sessions,
             "lock_retries": self.lock_retries,
             "longest_lock_wait_ms": round(self.longest_lock_wait_ms),
             "run_id": self.run_id,

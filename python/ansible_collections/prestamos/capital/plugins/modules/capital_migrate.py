@@ -64,6 +64,16 @@ options:
     description: C(statement_timeout) of each backfill batch (C(0) means none).
     type: str
     default: '0'
+  connections:
+    description:
+      - Sessions running the backfill's four ledger steps (Accion, Multa, Prestamo, PagoPrestamo) side by side,
+        1-16. They are independent of each other; C(capital_backfill_step()) gives each session a step no
+        other session is in (its progress row locked C(FOR UPDATE SKIP LOCKED)). The junta steps, the
+        expand and the enforce steps run on the first session. A session that cannot connect runs nothing.
+      - Every batch is still one transaction of one step, with its own progress, limits and retries, so a run
+        stopped or killed anywhere resumes as with one session.
+    type: int
+    default: 1
 attributes:
   check_mode:
     support: full
@@ -133,6 +143,10 @@ longest_lock_wait_ms:
       every lock was granted at once. For the change record (the run report's evidence).
   returned: success
   type: int
+backfill_sessions:
+  description: Sessions that ran backfill batches in this run (see O(connections)).
+  returned: always
+  type: int
 batches_rerun:
   description:
     - Backfill batches an application write raced (its sync trigger wrote one of the batch's rows after the
@@ -163,8 +177,8 @@ from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.prestamos.capital.plugins.module_utils.entry import run_module
-from ansible_collections.prestamos.capital.plugins.module_utils.migration import Migrator, Options
-from ansible_collections.prestamos.capital.plugins.module_utils.pg import connection_argument_spec
+from ansible_collections.prestamos.capital.plugins.module_utils.migration import APPLICATION_NAME, Migrator, Options
+from ansible_collections.prestamos.capital.plugins.module_utils.pg import connect, connection_argument_spec
 
 
 def argument_spec() -> dict[str, Any]:
@@ -179,6 +193,7 @@ def argument_spec() -> dict[str, Any]:
         "lock_backoff_max": {"type": "float", "default": 30.0},
         "batch_size": {"type": "int", "default": 5000},
         "statement_timeout": {"type": "str", "default": "0"},
+        "connections": {"type": "int", "default": 1},
         **connection_argument_spec(),
     }
 
@@ -195,6 +210,7 @@ def main() -> None:
         lock_backoff_max=p["lock_backoff_max"],
         batch_size=p["batch_size"],
         statement_timeout=p["statement_timeout"],
+        backfill_connections=p["connections"],
     )
 
     def error_details(details: dict[str, Any]) -> dict[str, Any]:
@@ -204,7 +220,10 @@ def main() -> None:
     run_module(
         module,
         "capital_migrate",
-        lambda conn: Migrator(conn, {str(k): str(v) for k, v in p["sql"].items()}, options, p["order"]),
+        lambda conn: Migrator(
+            conn, {str(k): str(v) for k, v in p["sql"].items()}, options, p["order"],
+            connect=lambda: connect(p, APPLICATION_NAME),
+        ),
         lambda migrator: migrator.run(check_mode=module.check_mode),
         error_details,
     )
