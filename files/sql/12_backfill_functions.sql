@@ -83,7 +83,12 @@ DECLARE
                   AND m.type = %1$L)
         %%1$s RETURNING 1$q$;
 BEGIN
-    SELECT last_id INTO v_last FROM capital_backfill_progress WHERE source = p_source FOR UPDATE;
+    IF p_source = 'PrestamoNew' THEN
+        -- The sweep is shared among sessions (capital_backfill_step holds the row FOR KEY SHARE).
+        SELECT last_id INTO v_last FROM capital_backfill_progress WHERE source = p_source;
+    ELSE
+        SELECT last_id INTO v_last FROM capital_backfill_progress WHERE source = p_source FOR UPDATE;
+    END IF;
     v_last := coalesce(v_last, '');
     -- A source step is data: its movement type, its batch read (the columns c_ledger reads, the rows locked)
     -- and, for the loan tables, its shadow insert (%2$s = that insert's conflict clause).
@@ -213,13 +218,25 @@ BEGIN
         -- set capital_at_time = the ledger sum of the junta's movements dated
         -- strictly before the loan's created_at (tie rule: movements with the
         -- same timestamp, including the loan's own, are not "before").
-        SELECT array_agg(junta_id ORDER BY junta_id) INTO v_ids FROM (
-            SELECT DISTINCT n.junta_id FROM "PrestamoNew" n
-             WHERE n.loan_number IS NULL OR n.capital_at_time IS NULL
-             ORDER BY n.junta_id LIMIT p_batch
-        ) pending;
+        -- Several sessions sweep at once: each locks the first p_batch pending
+        -- juntas no one else holds (SKIP LOCKED, among the first 4 x p_batch
+        -- pending ones: read in junta order from the pending index). A junta
+        -- an application write holds is left for a later batch. When every
+        -- pending junta is held elsewhere the batch answers busy (-3).
+        SELECT array_agg(j.id ORDER BY j.id) INTO v_ids FROM (
+            SELECT j.id FROM "Junta" j
+             WHERE j.id = ANY (ARRAY(
+                       SELECT DISTINCT n.junta_id FROM "PrestamoNew" n
+                        WHERE n.loan_number IS NULL OR n.capital_at_time IS NULL
+                        ORDER BY n.junta_id LIMIT 4 * p_batch))
+             ORDER BY j.id LIMIT p_batch
+               FOR NO KEY UPDATE SKIP LOCKED
+        ) j;
         v_rows := coalesce(cardinality(v_ids), 0);
-        PERFORM capital_lock_juntas(v_ids);
+        IF v_rows = 0 AND EXISTS (SELECT 1 FROM "PrestamoNew" n
+                                   WHERE n.loan_number IS NULL OR n.capital_at_time IS NULL) THEN
+            RETURN -3;
+        END IF;
         -- One ordered pass per junta over its movements and pending loans, and ONE update per loan setting
         -- both columns (an update per column wrote every shadow row twice). The pass is in (created_at,
         -- loan_id) order: a movement's loan_id is NULL and sorts after the loans of its timestamp, so at a
@@ -261,7 +278,12 @@ BEGIN
     UPDATE capital_backfill_progress
        SET last_id = coalesce(v_max, last_id),
            rows_done = rows_done + v_rows,
-           done = (v_rows < p_batch),  -- a source batch shorter than asked reached the end
+           -- A source batch shorter than asked reached the end; the sweep is done when no loan is pending
+           -- (another session's batch in flight still is).
+           done = CASE WHEN p_source = 'PrestamoNew'
+                       THEN NOT EXISTS (SELECT 1 FROM "PrestamoNew" n
+                                         WHERE n.loan_number IS NULL OR n.capital_at_time IS NULL)
+                       ELSE v_rows < p_batch END,
            updated_at = now()
      WHERE source = p_source;
     RETURN v_rows;
@@ -274,14 +296,16 @@ $$;
 -- Steps: Accion, Multa, Prestamo (+ shadow), PagoPrestamo (+ shadow), Junta
 -- (recompute columns; then phase ledger_complete), PrestamoNew (sweep).
 -- Several sessions may call it at once (the capital_migrate module's
--- backfill lanes): a call takes its step's progress row FOR UPDATE SKIP
--- LOCKED, so two calls never run batches of one step, and the four ledger
--- steps, which are independent of each other, run side by side. A call whose
--- step is held by another session returns 'busy' (rows -3): the ledger steps
--- still held elsewhere come before the junta steps, and each junta step
--- before the next. The migration state row is read FOR SHARE (FOR UPDATE only
--- by the first call, which starts the backfill): a phase change by anyone
--- else waits for the batches in flight.
+-- backfill sessions): a call of a ledger step or of the junta recompute takes
+-- its step's progress row FOR UPDATE SKIP LOCKED, so two calls never run
+-- batches of one such step, and the four ledger steps, which are independent
+-- of each other, run side by side. The sweep (last) is shared: its calls hold
+-- its row FOR KEY SHARE and each batch locks juntas no other session holds.
+-- A call with nothing to take that no other session holds returns 'busy'
+-- (rows -3): the ledger steps still held elsewhere come before the junta
+-- steps, and each junta step before the next. The migration state row is read
+-- FOR SHARE (FOR UPDATE only by the first call, which starts the backfill): a
+-- phase change by anyone else waits for the batches in flight.
 CREATE OR REPLACE FUNCTION capital_backfill_step(p_batch integer)
 RETURNS TABLE (source text, rows_done integer, source_done boolean, all_done boolean)
 LANGUAGE plpgsql AS $$
@@ -328,12 +352,19 @@ BEGIN
     END IF;
     -- The first unfinished step; while another session holds it, the ledger step with the most rows left
     -- (the junta steps need the whole ledger, the sweep the junta columns: they never run beside another).
-    SELECT p.source INTO v_source
-      FROM capital_backfill_progress p
-     WHERE NOT p.done AND (p.source = v_first OR p.source = ANY (c_ledger_steps))
-     ORDER BY p.source = v_first DESC, coalesce(p.rows_total, 0) - p.rows_done DESC, array_position(c_order, p.source)
-     LIMIT 1
-       FOR UPDATE SKIP LOCKED;
+    IF v_first = 'PrestamoNew' THEN
+        -- The sweep, last, is shared: its batches lock their own juntas (capital_backfill_batch).
+        PERFORM 1 FROM capital_backfill_progress p WHERE p.source = v_first FOR KEY SHARE;
+        v_source := v_first;
+    ELSE
+        SELECT p.source INTO v_source
+          FROM capital_backfill_progress p
+         WHERE NOT p.done AND (p.source = v_first OR p.source = ANY (c_ledger_steps))
+         ORDER BY p.source = v_first DESC, coalesce(p.rows_total, 0) - p.rows_done DESC,
+                  array_position(c_order, p.source)
+         LIMIT 1
+           FOR UPDATE SKIP LOCKED;
+    END IF;
     IF v_source IS NULL THEN
         RETURN QUERY SELECT 'busy'::text, -3, false, false;
         RETURN;
@@ -372,6 +403,10 @@ BEGIN
         p_batch := least(p_batch, 25);
     END IF;
     v_rows := capital_backfill_batch(v_source, p_batch);
+    IF v_rows = -3 THEN
+        RETURN QUERY SELECT 'busy'::text, -3, false, false;
+        RETURN;
+    END IF;
     IF v_source = 'Junta' AND v_rows < p_batch THEN
         -- Ledger and junta columns are complete: from the next transaction on,
         -- triggers number loans and record capital_at_time themselves.

@@ -193,3 +193,55 @@ def test_the_module_option_is_checked_before_anything_runs(pg_db: Any) -> None:
     finally:
         conn.close()
     assert run_sql(pg_db, "SELECT to_regclass('capital_movements')") == [(None,)]
+
+
+
+class StopAt(Migrator):
+    """Stops like a killed run after the first batch whose step ``stop_when`` accepts."""
+
+    stop_when: Any = None
+
+    def _batch(self) -> Any:
+        batch = super()._batch()
+        if self.stop_when(batch.step):
+            raise Interrupted(f"stopped after {batch.step}")
+        return batch
+
+
+def stopped_at(db: Any, stop_when: Any, batch_size: int) -> None:
+    conn = db.connect()
+    try:
+        migrator = StopAt(conn, sql_files(), Options(batch_size=batch_size))
+        migrator.stop_when = stop_when
+        with pytest.raises(Interrupted):
+            migrator.run()
+    finally:
+        conn.close()
+
+
+def test_the_sweep_leaves_a_junta_someone_holds_for_later_and_ends_once_it_is_free(
+    pg_db: Any, reference: Any
+) -> None:
+    """Two sessions sweep (one junta a batch here); a DBA holds the first pending junta: every other junta's
+    loans get their numbers meanwhile (a sweep that waited for it would number none), the run waits for that
+    one, and once it is released ends exactly as one session does. (The DBA's transaction begins after the
+    sweep's barrier, which waits for every transaction older than the phase flip.)"""
+    seed_db(pg_db, juntas=4, dirty=True)
+    stopped_at(pg_db, lambda step: step.source == "Junta" and step.source_done, batch_size=20)
+    stopped_at(pg_db, lambda step: step.source == "PrestamoNew" and step.rows > 0, batch_size=1)
+    pending = 'SELECT count(DISTINCT junta_id) FROM "PrestamoNew" WHERE loan_number IS NULL OR capital_at_time IS NULL'
+    assert run_sql(pg_db, pending) == [(3,)]
+    first = ('SELECT 1 FROM "Junta" WHERE id = (SELECT min(junta_id) FROM "PrestamoNew"'
+             ' WHERE loan_number IS NULL OR capital_at_time IS NULL) FOR NO KEY UPDATE')
+    with held(pg_db, first):
+        run = Run(pg_db, batch_size=1, lock_timeout="60s", backfill_connections=2)
+        run.start()
+        others_swept = wait_for(lambda: run_sql(pg_db, pending) == [(1,)])
+        time.sleep(0.5)
+        still_running = run.is_alive()
+    run.join(120)
+    assert others_swept and still_running
+    assert run.error is None, run.error
+    assert run.result is not None and run.result["state_after"] == "applied"
+    assert_same_end_state(pg_db, reference)
+    assert other_sessions(pg_db) == 0

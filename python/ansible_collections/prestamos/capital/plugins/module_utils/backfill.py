@@ -10,11 +10,13 @@ two. Every decision of the loop (which step is next, when the junta index must b
 wait for transactions older than the phase flip, when it is done) is made by ``capital_backfill_step()``; the
 loop only follows what each call returns, like the procedure does.
 
-Lanes: the four ledger steps are independent of each other, so with ``backfill_connections`` above 1 the
-loop runs them on more sessions at once. ``capital_backfill_step()`` hands each call a step no other session
-is in (its progress row ``FOR UPDATE SKIP LOCKED``) and answers ``busy`` when only steps held elsewhere are
-left; an extra lane then ends, the first one waits for the others. Every batch is still one transaction of
-one step with its own progress, so a run stopped or killed anywhere resumes like a run on one session.
+Lanes: the four ledger steps are independent of each other, and the sweep's batches each lock their own
+juntas, so with ``backfill_connections`` above 1 the loop runs them on more sessions at once.
+``capital_backfill_step()`` hands each call a ledger step no other session is in (its progress row
+``FOR UPDATE SKIP LOCKED``) or a batch of juntas no other session holds, and answers ``busy`` when everything
+left is held elsewhere; an extra lane then ends, the first one waits for the others. Every batch is still one
+transaction of one step with its own progress, so a run stopped or killed anywhere resumes like a run on one
+session.
 """
 
 from __future__ import annotations
@@ -35,8 +37,9 @@ STEP_SQL = "SELECT source, rows_done, source_done, all_done FROM capital_backfil
 RERUN_NOTICE = "run again with ON CONFLICT"
 # Seconds to wait after a step that returned rows < 0 (capital_backfill_run waits pg_sleep(0.2) too).
 BARRIER_WAIT = 0.2
-# The steps that may run side by side on several sessions (capital_backfill_step's ledger steps).
-LEDGER_STEPS = frozenset({"Accion", "Multa", "Prestamo", "PagoPrestamo"})
+# The steps several sessions run at once: the four ledger steps side by side, the sweep (each batch its own
+# juntas). capital_backfill_step decides; the loop only opens the sessions when one of them starts.
+SHARED_STEPS = frozenset({"Accion", "Multa", "Prestamo", "PagoPrestamo", "PrestamoNew"})
 # rows of a 'busy' answer: every step left is held by another session's batch.
 BUSY = -3
 
@@ -100,7 +103,7 @@ class BackfillRunner(UnitRunner):
 
     def _run_batched(self, unit: Unit) -> None:
         """The loop: one batch after another until the step says the loop is over; a stop asked for by a
-        signal is honoured between two batches. After the first ledger batch the extra lanes start; when a
+        signal is honoured between two batches. After the first batch of a shared step the extra lanes start; when a
         lane fails, this loop raises its error at its next turn and stops the others."""
         stats = self._phase(self._phase_for(unit.file))
         started = time.monotonic()
@@ -134,7 +137,7 @@ class BackfillRunner(UnitRunner):
             busy_since = None
             stats.attempts += batch.attempts
             stats.statements += 1
-            if batch.step.source in LEDGER_STEPS and not lanes_started:
+            if batch.step.source in SHARED_STEPS and batch.step.rows >= 0 and not lanes_started:
                 self._start_lanes()
                 lanes_started = True
             if batch.step.rows < 0:
@@ -171,10 +174,12 @@ class BackfillRunner(UnitRunner):
             budget = self.lock_timeout_ms / 1000 * (self.options.lock_retries + 1)
             if now - since > budget:
                 raise MigrationError(
-                    f"backfill batch {self.batches + 1}: every backfill step left is held by another session "
-                    f"(a row of capital_backfill_progress locked) for more than {budget:g} s; find it with "
-                    "SELECT pid, application_name, state, query FROM pg_stat_activity WHERE query ILIKE "
-                    "'%capital_backfill%', let it finish or end it, then rerun migrate.yml (it resumes)",
+                    f"backfill batch {self.batches + 1}: everything the backfill has left is held by another "
+                    f"session for more than {budget:g} s (a row of capital_backfill_progress, or the juntas the "
+                    "loan sweep needs, locked); find it with SELECT pid, state, xact_start, query FROM "
+                    "pg_stat_activity WHERE pid IN (SELECT pid FROM pg_locks WHERE relation IN "
+                    "('capital_backfill_progress'::regclass, '\"Junta\"'::regclass)), let it finish or end it, "
+                    "then rerun migrate.yml (it resumes)",
                     failed_at=f"backfill batch {self.batches + 1}",
                 )
         time.sleep(BARRIER_WAIT)
