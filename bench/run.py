@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ansible_collections.prestamos.capital.plugins.module_utils.migration import (
+    APPLICATION_NAME,
     Batch,
     MigrationError,
     Migrator,
@@ -41,6 +42,8 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
 SQL_DIR = ROOT / "files" / "sql"
 INVENTORY = ROOT / "files" / "sql" / "migration_objects.json"
+# The migrate role's capital_backfill_connections: the in-process migration under load runs like the role.
+BACKFILL_SESSIONS = 2
 
 
 class ObservedMigrator(Migrator):
@@ -55,9 +58,10 @@ class ObservedMigrator(Migrator):
         return batch
 
 
-def observed(conn: Any, options: Options, on_batch: Callable[[Batch], None]) -> ObservedMigrator:
-    """A Migrator of this checkout's SQL that calls ``on_batch`` after every batch."""
-    migrator = ObservedMigrator(conn, sql_files(), options)
+def observed(conn: Any, options: Options, on_batch: Callable[[Batch], None],
+             connect: Callable[[], Any] | None = None) -> ObservedMigrator:
+    """A Migrator of this checkout's SQL that calls ``on_batch`` after every batch (of its first session)."""
+    migrator = ObservedMigrator(conn, sql_files(), options, connect=connect)
     migrator.on_batch = on_batch
     return migrator
 
@@ -183,10 +187,19 @@ def measure_dumps(pg: Cluster, tpl: str, workdir: Path) -> dict[str, dict[str, f
     return out
 
 
-def measure_module(pg: Cluster, tpl: str, options: str = "") -> dict[str, Any]:
-    """The migrate stage in-process (module_utils Migrator): phases and every backfill batch's time."""
+def migration_connect(pg: Cluster, db: str, options: str = "") -> Any:
+    """A connection named like the module's (the lock sampler tells the migration's sessions by it)."""
+    import psycopg2  # the harness runs in the project venv
+
+    extra = {"options": options} if options else {}
+    return psycopg2.connect(pg.dsn(db), application_name=APPLICATION_NAME, **extra)
+
+
+def measure_module(pg: Cluster, tpl: str, options: str = "", sessions: int = 1) -> dict[str, Any]:
+    """The migrate stage in-process (module_utils Migrator): phases and every backfill batch's time (the first
+    session's batches: with ``sessions`` above 1 the others' are not observed)."""
     db = clone(pg, tpl, "b_module")
-    conn = pg.connect(db) if not options else _connect_with(pg, db, options)
+    conn = migration_connect(pg, db, options)
     batches: list[dict[str, Any]] = []
 
     def after_batch(batch: Batch) -> None:
@@ -195,7 +208,10 @@ def measure_module(pg: Cluster, tpl: str, options: str = "") -> dict[str, Any]:
         batches.append({"source": source, "rows": max(batch.step.rows, 0), "seconds": batch.seconds})
 
     try:
-        migrator = observed(conn, Options(), after_batch)
+        def connect() -> Any:
+            return migration_connect(pg, db, options)
+
+        migrator = observed(conn, Options(backfill_connections=sessions), after_batch, connect)
         seconds, result = timed(migrator.run)
     finally:
         conn.close()
@@ -208,12 +224,6 @@ def measure_module(pg: Cluster, tpl: str, options: str = "") -> dict[str, Any]:
         # and the junta steps.
         "index_seconds": sum(s["seconds"] for s in result["statements"] if phase_of(s["file"]) == "backfill"),
     }
-
-
-def _connect_with(pg: Cluster, db: str, options: str) -> Any:
-    import psycopg2  # the harness runs in the project venv
-
-    return psycopg2.connect(pg.dsn(db), options=options)
 
 
 def batch_trend(batches: list[dict[str, Any]]) -> dict[str, Any]:
@@ -317,7 +327,6 @@ class LockSampler(threading.Thread):
         self.conn = pg.connect(db)
         self.conn.autocommit = True
         self.stop_event = threading.Event()
-        self.migrator_pid: int | None = None
         self.app_wait_on_migration = 0.0
         self.app_wait_any = 0.0
         self.migration_wait = 0.0
@@ -326,18 +335,21 @@ class LockSampler(threading.Thread):
     def run(self) -> None:
         cur = self.conn.cursor()
         while not self.stop_event.is_set():
+            # The migration's sessions (all of them, its backfill sessions too) are named capital-migrate.
             cur.execute(
-                "SELECT pid, application_name, extract(epoch FROM clock_timestamp() - query_start)::float8,"
-                " pg_blocking_pids(pid) FROM pg_stat_activity"
-                " WHERE wait_event_type = 'Lock' AND datname = current_database()"
+                "SELECT a.application_name, extract(epoch FROM clock_timestamp() - a.query_start)::float8,"
+                " EXISTS (SELECT 1 FROM pg_stat_activity b WHERE b.pid = ANY (pg_blocking_pids(a.pid))"
+                "         AND b.application_name = %s)"
+                " FROM pg_stat_activity a WHERE a.wait_event_type = 'Lock' AND a.datname = current_database()",
+                (APPLICATION_NAME,),
             )
-            for pid, app, waited, blockers in cur.fetchall():
+            for app, waited, behind_migration in cur.fetchall():
                 self.samples += 1
-                if pid == self.migrator_pid:
+                if app == APPLICATION_NAME:
                     self.migration_wait = max(self.migration_wait, waited)
                 elif app == "pgbench":
                     self.app_wait_any = max(self.app_wait_any, waited)
-                    if self.migrator_pid in (blockers or []):
+                    if behind_migration:
                         self.app_wait_on_migration = max(self.app_wait_on_migration, waited)
             time.sleep(0.1)
         self.conn.close()
@@ -455,10 +467,10 @@ def load_run(
         if whole_run:
             out["migration"] = playbook_on(pg, db, workdir, extra_vars=extra_vars)
         else:
-            conn = pg.connect(db)
-            sampler.migrator_pid = conn.get_backend_pid()
+            conn = migration_connect(pg, db)
             try:
-                result = Migrator(conn, sql_files(), Options()).run()
+                result = Migrator(conn, sql_files(), Options(backfill_connections=BACKFILL_SESSIONS),
+                                  connect=lambda: migration_connect(pg, db)).run()
                 out["migration"] = {"seconds": time.time() - began, "lock_retries": result["lock_retries"],
                                     "batches_rerun": result["batches_rerun"]}
             except MigrationError as exc:
@@ -533,8 +545,15 @@ def markdown(res: dict[str, Any]) -> str:
             "| measure | median (min-max) | ratio |",
             "|---|---|---|",
             f"| floor (bench/floor.sql, psql) | {fmt(summary(floor))} | 1 |",
-            f"| migrate stage in-process (Migrator) | {fmt(summary(module))} | {fmt(ratio(module, floor), 'x')} |",
+            f"| migrate stage in-process (Migrator), one session | {fmt(summary(module))} | "
+            f"{fmt(ratio(module, floor), 'x')} |",
         ]
+        shared = [m["seconds"] for m in r.get("module_sessions", [])]
+        if shared:
+            lines.append(
+                f"| migrate stage in-process, {BACKFILL_SESSIONS} backfill sessions (the role's default) | "
+                f"{fmt(summary(shared))} | {fmt(ratio(shared, floor), 'x')} |"
+            )
         for fmt_name in ("plain", "custom", "directory_j2"):
             vals = [d[fmt_name]["seconds"] for d in r["dumps"]]
             size_mb = statistics.median(d[fmt_name]["bytes"] for d in r["dumps"]) / 1e6
@@ -644,6 +663,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 module["trend"] = batch_trend(batches)
                 module["steps"] = step_seconds(batches, module["phases"], module["index_seconds"])
                 r["module"].append(module)
+                shared = measure_module(pg, tpl, sessions=BACKFILL_SESSIONS)
+                r.setdefault("module_sessions", []).append({"seconds": shared["seconds"], "phases": shared["phases"]})
                 if i < playbook_runs:
                     r["playbook"].append(measure_playbook(pg, tpl, workdir))
             r["plan_check"] = plan_check(pg, tpl) if size == "small" else None
