@@ -259,8 +259,8 @@ class _LaneRunner(BackfillRunner):
 
 
 class _Lane:
-    """An extra session running backfill batches in a thread until every step left is held elsewhere (busy),
-    the ledger steps are done, it is halted or it fails (``error``, raised by the first lane's loop)."""
+    """An extra session running backfill batches in a thread until everything left is held elsewhere (busy),
+    the loop's steps are done, it is halted or it fails (``error``, raised by the first lane's loop)."""
 
     def __init__(self, first: BackfillRunner, conn: Any, number: int) -> None:
         conn.autocommit = True
