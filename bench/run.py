@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import yaml
 from ansible_collections.prestamos.capital.plugins.module_utils.migration import (
     APPLICATION_NAME,
     Batch,
@@ -43,7 +44,9 @@ BENCH = ROOT / "bench"
 SQL_DIR = ROOT / "files" / "sql"
 INVENTORY = ROOT / "files" / "sql" / "migration_objects.json"
 # The migrate role's capital_backfill_connections: the in-process migration under load runs like the role.
-BACKFILL_SESSIONS = 2
+BACKFILL_SESSIONS = int(
+    yaml.safe_load((ROOT / "roles" / "migrate" / "defaults" / "main.yml").read_text())["capital_backfill_connections"]
+)
 
 
 class ObservedMigrator(Migrator):

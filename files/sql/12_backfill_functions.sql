@@ -351,7 +351,8 @@ BEGIN
         RETURN;
     END IF;
     -- The first unfinished step; while another session holds it, the ledger step with the most rows left
-    -- (the junta steps need the whole ledger, the sweep the junta columns: they never run beside another).
+    -- (the junta recompute needs the whole ledger and never runs beside another step; the sweep needs the
+    -- junta columns and is shared only with itself).
     IF v_first = 'PrestamoNew' THEN
         -- The sweep, last, is shared: its batches lock their own juntas (capital_backfill_batch).
         PERFORM 1 FROM capital_backfill_progress p WHERE p.source = v_first FOR KEY SHARE;

@@ -40,8 +40,6 @@ BARRIER_WAIT = 0.2
 # The steps several sessions run at once: the four ledger steps side by side, the sweep (each batch its own
 # juntas). capital_backfill_step decides; the loop only opens the sessions when one of them starts.
 SHARED_STEPS = frozenset({"Accion", "Multa", "Prestamo", "PagoPrestamo", "PrestamoNew"})
-# rows of a 'busy' answer: every step left is held by another session's batch.
-BUSY = -3
 
 
 @dataclass(frozen=True)
@@ -147,7 +145,7 @@ class BackfillRunner(UnitRunner):
     def _start_lanes(self) -> None:
         """Open ``backfill_connections - 1`` more sessions, each running batches in a thread. A session that
         cannot connect (max_connections reached) runs nothing: the others do its share."""
-        wanted = int(getattr(self.options, "backfill_connections", 1)) - 1
+        wanted = self.options.backfill_connections - 1
         if wanted < 1 or self.connect is None:
             return
         for number in range(2, wanted + 2):

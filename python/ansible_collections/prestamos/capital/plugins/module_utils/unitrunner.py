@@ -86,7 +86,7 @@ class Options:
     lock_backoff_max: float = 30.0
     batch_size: int = 5000
     statement_timeout: str = "0"
-    # Sessions running the backfill's ledger steps side by side (backfill.py, lanes); 1: one session.
+    # Sessions running the backfill's ledger steps side by side and sharing its sweep (backfill.py); 1: one.
     backfill_connections: int = 1
     # Names this run in the record of provenance (and its history row); a random one when empty.
     run_id: str = ""

@@ -66,10 +66,11 @@ options:
     default: '0'
   connections:
     description:
-      - Sessions running the backfill's four ledger steps (Accion, Multa, Prestamo, PagoPrestamo) side by side,
-        1-16. They are independent of each other; C(capital_backfill_step()) gives each session a step no
-        other session is in (its progress row locked C(FOR UPDATE SKIP LOCKED)). The junta steps, the
-        expand and the enforce steps run on the first session. A session that cannot connect runs nothing.
+      - Sessions running the backfill, 1-16. The four ledger steps (Accion, Multa, Prestamo, PagoPrestamo)
+        are independent of each other; C(capital_backfill_step()) gives each session a step no other session
+        is in (its progress row locked C(FOR UPDATE SKIP LOCKED)). The loan sweep is shared, each batch locking
+        juntas no other session holds. The junta recompute, the expand and the enforce steps run on the first
+        session. A session that cannot connect runs nothing.
       - Every batch is still one transaction of one step, with its own progress, limits and retries, so a run
         stopped or killed anywhere resumes as with one session.
     type: int
