@@ -4,6 +4,7 @@ Loads `medium`, then, twice: the footprint load of bench.run (pgbench -c 4 -j 2 
 in-process migration started 3 s in, and prints the p99/max latency of the application's transactions in
 each window (before, expand, backfill, enforce, after) and the slowest ones with their time from the
 migration's start. `--batch-size` and `--pause` (seconds slept after every backfill batch: a throttle)
+and `--sessions` (backfill sessions, the role's default unless given)
 show whether the tail follows the batches' locks or the migration's CPU share. BENCHMARKS.md quotes it.
 """
 
@@ -40,7 +41,7 @@ def windows(rows: list[tuple[float, float, str]], marks: dict[str, float]) -> di
     }
 
 
-def one_round(pg: Cluster, work: Path, n: int, batch_size: int, pause: float, seconds: int) -> None:
+def one_round(pg: Cluster, work: Path, n: int, batch_size: int, pause: float, seconds: int, sessions: int) -> None:
     db = B.clone(pg, "tpl_medium", f"tail{n}")
     B.psql(pg, db, "-f", str(B.BENCH / "pgbench" / "setup.sql"))
     counts = B.psql(pg, db, "-c", "SELECT (SELECT count(*) FROM bench_pick), (SELECT count(*) FROM bench_rich)")
@@ -65,8 +66,10 @@ def one_round(pg: Cluster, work: Path, n: int, batch_size: int, pause: float, se
             time.sleep(pause)
 
     conn = pg.connect(db)
+    log_at = pg.logfile.stat().st_size
     marks["start"] = time.time()
-    B.observed(conn, Options(batch_size=batch_size), after_batch).run()
+    options = Options(batch_size=batch_size, backfill_connections=sessions)
+    B.observed(conn, options, after_batch, connect=lambda: pg.connect(db)).run()
     marks["end"] = time.time()
     conn.close()
     load.communicate()
@@ -79,7 +82,7 @@ def one_round(pg: Cluster, work: Path, n: int, batch_size: int, pause: float, se
         path.unlink()
     s = marks["start"]
     print(
-        f"batch {batch_size}, pause {pause} s: migration {marks['end'] - s:.1f} s "
+        f"batch {batch_size}, pause {pause} s, {sessions} sessions: migration {marks['end'] - s:.1f} s "
         f"(backfill {marks['last_batch'] - marks['first_batch']:.1f} s)"
     )
     for name, (count, p99, worst) in windows(rows, marks).items():
@@ -87,6 +90,11 @@ def one_round(pg: Cluster, work: Path, n: int, batch_size: int, pause: float, se
     top = sorted((r for r in rows if s <= r[1] <= marks["end"] + 1), reverse=True)[:8]
     script_names = [name for name, _weight in B.SCRIPTS]
     print("  slowest:", ", ".join(f"{r[0]:.1f} ms {script_names[int(r[2])]} at {r[1] - s:.1f} s" for r in top))
+    waits = [line for line in pg.logfile.read_text(errors="replace")[log_at:].splitlines() if "acquired" in line]
+    if waits:
+        print(f"  lock waits over deadlock_timeout that ended: {len(waits)}")
+        for line in waits[:12]:
+            print("   ", line[:220])
     pg.drop_database(db)
 
 
@@ -95,6 +103,7 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=5000)
     parser.add_argument("--pause", type=float, default=0.0, help="seconds slept after every backfill batch")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--sessions", type=int, default=B.BACKFILL_SESSIONS, help="backfill sessions")
     parser.add_argument("--seconds", type=int, default=60, help="load duration (outlast the migration)")
     parser.add_argument("--seed", type=int, default=1)
     B.add_set_option(parser)
@@ -103,7 +112,7 @@ def main() -> int:
         B.apply_settings(pg, args.set)
         B.prepare(pg, "medium", args.seed)
         for n in range(args.rounds):
-            one_round(pg, Path(tmp), n, args.batch_size, args.pause, args.seconds)
+            one_round(pg, Path(tmp), n, args.batch_size, args.pause, args.seconds, args.sessions)
     return 0
 
 

@@ -16,6 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -387,6 +388,49 @@ def test_capital_check_refuses_an_unmigrated_database(pg_db: Database) -> None:
     assert "not applied" in result["msg"] and "capital_movements" in result["msg"]
 
 
+SUITE_ARGV = ["psql", "-X", "--no-password", "-v", "ON_ERROR_STOP=1", "-f", "-"]
+
+
+def test_capital_check_runs_the_suite_beside_it_and_returns_its_outcome(scratch: Database) -> None:
+    # The suite fails on the dropped trigger; the check, on its own session, still reconciles everything.
+    conn = scratch.connect()
+    with conn, conn.cursor() as cur:
+        cur.execute('DROP TRIGGER capital_sync ON "Multa"')
+    conn.close()
+    result = run_check(scratch, alongside={"argv": SUITE_ARGV, "stdin": VERIFY_SQL.read_text(encoding="utf-8")})
+    assert result.get("failed") is not True, result.get("msg")
+    assert result["juntas_checked"] > 0 and result["discrepancy_count"] == 0
+    suite = result["alongside"]
+    assert suite["rc"] != 0 and suite["msg"] == f"psql exited {suite['rc']}"
+    assert any("FAILED trigger on Multa for" in line for line in suite["stderr_lines"]), suite["stderr"][-2000:]
+    assert any("NOTICE:  ok: " in line for line in suite["stderr_lines"])
+
+
+def test_the_command_beside_the_check_starts_first_and_is_returned_whatever_the_check_does(pg_db: Database) -> None:
+    conn = pg_db.connect()
+    datagen.generate(conn, seed=1, juntas=1)
+    conn.close()
+    echo = ["sh", "-c", "cat; echo to-stderr >&2"]
+    result = run_check(pg_db, alongside={"argv": echo, "stdin": "fed"})
+    # Not migrated: the check fails, and the command's outcome is still there, whole.
+    assert result["failed"] is True and "not applied" in result["msg"]
+    assert result["alongside"]["rc"] == 0 and result["alongside"]["msg"] == ""
+    assert result["alongside"]["stdout_lines"] == ["fed"]
+    assert result["alongside"]["stderr_lines"] == ["to-stderr"]
+    missing = run_check(pg_db, alongside={"argv": ["/nonexistent/psql", "-X"]})
+    assert missing["alongside"]["rc"] == 127
+    assert "cannot run /nonexistent/psql" in missing["alongside"]["msg"]
+
+
+def test_the_command_beside_a_passing_check_starts_before_its_snapshot(migrated: Database) -> None:
+    # Started before the check connects: its clock reads earlier than the check's snapshot (one host, one clock).
+    stamp = ["date", "-u", "+%Y-%m-%dT%H:%M:%S.%N+00:00"]
+    result = run_check(migrated, alongside={"argv": stamp})
+    assert result["discrepancy_count"] == 0
+    started = result["alongside"]["stdout"].strip()[:26] + "+00:00"
+    assert datetime.fromisoformat(started) <= datetime.fromisoformat(result["snapshot_time"])
+
+
 # --- verify_migration.sql ----------------------------------------------------------------------------
 
 
@@ -477,6 +521,21 @@ def test_verify_playbook_passes_on_a_migrated_database(migrated: Database, check
     assert "0 discrepancies" in done.stdout
     assert verify_tasks_changed(done.stdout) == []
     assert migrated.cluster.password not in done.stdout + done.stderr
+
+
+def test_verify_playbook_fails_naming_the_suites_check_and_still_reconciles(scratch: Database) -> None:
+    conn = scratch.connect()
+    with conn, conn.cursor() as cur:
+        cur.execute('DROP TRIGGER capital_guard ON "Prestamo"')
+    conn.close()
+    done = subprocess.run([str(VENV_BIN / "ansible-playbook"), "verify.yml"],
+                          cwd=REPO, env=playbook_env(scratch), capture_output=True, text=True, check=False,
+                          timeout=600)
+    assert done.returncode != 0
+    assert "Verification failed: sql_suite" in done.stdout, done.stdout[-4000:]
+    assert "FAILED a loan above the available capital" in done.stdout
+    assert "0 discrepancies" in done.stdout
+    assert scratch.cluster.password not in done.stdout + done.stderr
 
 
 def test_verify_playbook_fails_on_one_cent(scratch: Database) -> None:

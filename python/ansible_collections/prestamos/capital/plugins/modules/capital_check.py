@@ -73,6 +73,25 @@ options:
         session that cannot connect reads nothing; the first then reads everything.
     type: int
     default: 1
+  alongside:
+    description:
+      - A command run beside the check (the project's verify role passes psql with the SQL test suite
+        C(verify_migration.sql) on its standard input). It is started before the check connects, runs on its
+        own session, and is waited for after the check's last read, so the two read the legacy tables at the same
+        time and the module returns when both are done, without an async task and a polling wait of its own.
+      - Its outcome is returned in RV(alongside) and never fails the module; the caller judges it.
+      - It runs with the module's environment (a task's C(environment), e.g. the libpq variables).
+    type: dict
+    suboptions:
+      argv:
+        description: The command and its arguments, run without a shell.
+        type: list
+        elements: str
+        required: true
+      stdin:
+        description: Text sent to the command's standard input (then closed).
+        type: str
+        default: ''
   lock_timeout:
     description:
       - PostgreSQL C(lock_timeout) for the check's reads, so it fails instead of queueing forever behind
@@ -186,6 +205,14 @@ query_results:
   type: list
   elements: dict
   sample: [{"rows": [], "error": ""}]
+alongside:
+  description:
+    - The outcome of O(alongside), shaped like a command task's result; C(msg) says why it failed when it
+      exited non-zero or could not start (C(rc) 127).
+  returned: when O(alongside) is given
+  type: dict
+  sample: {"rc": 0, "stdout": "", "stderr": "psql:<stdin>:12: NOTICE:  ok: ledger_append_only",
+           "stdout_lines": [], "stderr_lines": ["psql:<stdin>:12: NOTICE:  ok: ledger_append_only"], "msg": ""}
 executed_queries:
   description: The SQL statements run, in order.
   returned: always
@@ -193,6 +220,7 @@ executed_queries:
   elements: str
 """
 
+import threading
 from collections.abc import Iterator, Mapping
 from decimal import Decimal
 from typing import Any
@@ -343,6 +371,37 @@ SQL_SHADOW_ROWS = (
 
 class CheckError(Exception):
     """A condition that makes the check impossible (not a discrepancy): the message says what to do."""
+
+
+class Alongside:
+    """O(alongside): a command run by module.run_command on a thread of its own while the check reads (its
+    output collected as it comes, so a full pipe never stalls it), its outcome returned like a command task's."""
+
+    def __init__(self, module: AnsibleModule, argv: list[str], stdin: str) -> None:
+        self.module = module
+        self.argv = argv
+        self.outcome: dict[str, Any] = {}
+        self.thread = threading.Thread(target=self._run, args=(stdin,), daemon=True)
+        self.thread.start()
+
+    def _run(self, stdin: str) -> None:
+        try:
+            rc, out, err = self.module.run_command(self.argv, data=stdin or None, binary_data=True,
+                                                   expand_user_and_vars=False, handle_exceptions=False)
+        except OSError as exc:
+            self.outcome = self._result(127, "", "", f"cannot run {self.argv[0]}: {exc.strerror or exc}")
+            return
+        self.outcome = self._result(rc, out, err, f"{self.argv[0]} exited {rc}" if rc else "")
+
+    @staticmethod
+    def _result(rc: int, out: str, err: str, msg: str) -> dict[str, Any]:
+        return {"rc": rc, "stdout": out, "stderr": err, "stdout_lines": out.splitlines(),
+                "stderr_lines": err.splitlines(), "msg": msg}
+
+    def wait(self) -> dict[str, Any]:
+        """Wait for the command to end; its outcome."""
+        self.thread.join()
+        return self.outcome
 
 
 class CapitalChecker:
@@ -606,6 +665,10 @@ def argument_spec() -> dict[str, Any]:
         "lock_timeout": {"type": "str", "default": "10s"},
         "queries": {"type": "list", "elements": "str", "default": []},
         "connections": {"type": "int", "default": 1},
+        "alongside": {"type": "dict", "options": {
+            "argv": {"type": "list", "elements": "str", "required": True},
+            "stdin": {"type": "str", "default": ""},
+        }},
         **connection_argument_spec(),
     }
 
@@ -625,24 +688,30 @@ def main() -> None:
         module.fail_json(msg="max_discrepancies must be at least 1", **base)
     if module.params["connections"] < 1:
         module.fail_json(msg=f"connections must be 1 or more, got {module.params['connections']}", **base)
+    # Started first, so that the command and the check read at the same time; waited for whatever the check
+    # finds or fails on, so its outcome is always returned.
+    spec = module.params["alongside"]
+    alongside = Alongside(module, spec["argv"], spec["stdin"]) if spec else None
     checker = CapitalChecker(module)
+    failure: dict[str, Any] | None = None
+    result: dict[str, Any] = {}
     try:
         checker.connect()
         result = checker.run()
     except CheckError as exc:
-        module.fail_json(msg=f"capital_check: {exc}", executed_queries=checker.executed_queries, **base)
+        failure = {"msg": f"capital_check: {exc}"}
     except psycopg2.Error as exc:
-        module.fail_json(
-            msg=f"capital_check: a query failed: {str(exc).strip()}",
-            sqlstate=getattr(exc, "pgcode", None),
-            executed_queries=checker.executed_queries,
-            **base,
-        )
+        failure = {"msg": f"capital_check: a query failed: {str(exc).strip()}",
+                   "sqlstate": getattr(exc, "pgcode", None)}
     except ValueError as exc:
         # The python method refuses amounts PostgreSQL cannot store as NUMERIC(14,2) (NaN, infinity, huge).
-        module.fail_json(msg=f"capital_check: {exc}", executed_queries=checker.executed_queries, **base)
+        failure = {"msg": f"capital_check: {exc}"}
     finally:
         checker.close()
+        if alongside is not None:
+            base["alongside"] = alongside.wait()
+    if failure is not None:
+        module.fail_json(executed_queries=checker.executed_queries, **failure, **base)
     base.update(result, executed_queries=checker.executed_queries, summary=checker.summary())
     if base["discrepancy_count"] and module.params["fail_on_discrepancy"]:
         module.fail_json(msg=base["summary"], **base)
