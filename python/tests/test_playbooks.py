@@ -3,6 +3,7 @@ real throwaway PostgreSQL, connection from the libpq environment (inventories/lo
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import threading
@@ -71,6 +72,17 @@ def test_round_trip_restore_brings_back_the_backup(pg_db: Any, tmp_path: Path) -
     before = checksums(pg_db)
     migrated = run_playbook(pg_db, "migrate.yml", tmp_path)
     assert migrated.returncode == 0, migrated.stdout[-3000:]
+    # The backup's identity is preflight's reading (same play, same connection): no second read, the same
+    # manifest, and the restore below accepts it as this database's own.
+    # (Skipped tasks are not shown: ansible.cfg's display_skipped_hosts = false.)
+    assert "TASK [preflight : preflight | Read size, privileges, activity and migration objects" in migrated.stdout
+    assert "TASK [backup : backup | Read the database's identity]" not in migrated.stdout
+    [manifest_path] = (tmp_path / "backups").glob("local-*.dump.manifest.json")
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    [(sysid, version_num)] = query(pg_db, "SELECT system_identifier::text, current_setting('server_version_num')::int"
+                                          " FROM pg_control_system()")
+    assert (manifest["database"], manifest["system_identifier"], manifest["server_version_num"]) == \
+        (pg_db.name, sysid, version_num)
     write_application_rows(pg_db)
 
     restored = run_playbook(pg_db, "rollback.yml", tmp_path, "-e", "capital_rollback_mode=restore")
