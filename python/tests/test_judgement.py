@@ -169,6 +169,41 @@ def test_without_a_connection_the_space_is_measured_but_not_compared() -> None:
     assert check["value"]["database_bytes"] == -1 and check["value"]["needed_bytes"] == -1
 
 
+# --- one command, two sections (roles/preflight/tasks/host.yml) ---------------------------------------------
+
+def host_result(space_out: list[str], space_err: list[str], space_rc: int) -> dict[str, Any]:
+    """What host.yml's command returns: the tools section, then the space section with its exit status."""
+    return {
+        "rc": 0, "msg": "",
+        "stdout_lines": ["@@capital tools", "psql (PostgreSQL) 15.8", "pg_restore (PostgreSQL) 15.8",
+                         "@@capital space", *space_out, f"@@capital space rc={space_rc}"],
+        "stderr_lines": ["@@capital tools", "env: 'pg_dump': No such file or directory", "@@capital space",
+                         *space_err],
+    }
+
+
+def test_each_section_of_the_host_command_is_judged_on_its_own() -> None:
+    result = host_result(["/srv/pg_dump backups", "     Avail", "  2000"], [], 0)
+    tools = by_name(j.tools(tools=TOOLS, result=result, server_major=15, host="ops1")["checks"])
+    assert [tools[f"tool_{t}"]["status"] for t in TOOLS] == ["pass", "fail", "pass"]
+    # The missing tool's own error, not a line of the space section that happens to name it.
+    assert tools["tool_pg_dump"]["message"].startswith("pg_dump not found on ops1 (env: 'pg_dump': No such file")
+    check = space(result, CATALOG)
+    assert check["status"] == "pass" and check["value"]["free_bytes"] == 2000
+
+
+def test_the_space_sections_own_exit_status_and_error_decide() -> None:
+    result = host_result(["/var"], ["/var is not writable by user ops"], 4)
+    check = space(result, CATALOG)
+    assert check["status"] == "fail" and check["value"]["free_bytes"] == -1
+    assert check["message"] == ("cannot back up to /var/backups/capital: /var is not writable by user ops - point "
+                                "capital_backup_dir at a directory this user can create or write")
+    # A section that never closed (the shell died in it) is a failure, not the command's 0.
+    cut = {**result, "stdout_lines": result["stdout_lines"][:-1]}
+    cut["stdout_lines"][-1] = "  2000"
+    assert space(cut, CATALOG)["status"] == "fail"
+
+
 # --- activity ---------------------------------------------------------------------------------------------
 
 

@@ -177,6 +177,44 @@ def connection(probe: Row, conn: Row, min_server_major: int | str) -> Connection
             "server_version": _text(server.get("server_version", ""))}
 
 
+# roles/preflight/tasks/host.yml runs the client tools' --version and the backup directory's free-space
+# measurement in one command (one module start-up): "@@capital <name>" starts a section on stdout and on stderr,
+# "@@capital <name> rc=<n>" ends one with its exit status.
+SECTION = re.compile(r"^@@capital (\w+)(?: rc=(-?\d+))?$")
+
+
+def section(result: Row, name: str) -> Row:
+    """The part of one command's result that its section ``name`` printed, shaped like a command's result of
+    its own (rc, stdout_lines, stderr_lines, stderr, msg); a result without sections is returned as it is.
+    A section that never closed (the shell died in it) has rc -1."""
+    stdout = [str(line) for line in result.get("stdout_lines") or []]
+    if not any(SECTION.match(line) for line in stdout):
+        return result
+    rc = -1
+
+    def part(lines: list[str]) -> list[str]:
+        nonlocal rc
+        kept: list[str] = []
+        current = ""
+        for line in lines:
+            found = SECTION.match(line)
+            if found is None:
+                if current == name:
+                    kept.append(line)
+            elif found.group(2) is None:
+                current = found.group(1)
+            else:
+                current = ""
+                if found.group(1) == name:
+                    rc = int(found.group(2))
+        return kept
+
+    out = part(stdout)
+    err = part([str(line) for line in result.get("stderr_lines") or []])
+    return {"rc": rc, "stdout_lines": out, "stderr_lines": err, "stderr": "\n".join(err),
+            "msg": result.get("msg", "")}
+
+
 def tools(tools: Sequence[str], result: Row, server_major: int | str, host: str) -> Checks:
     """tool_<name> per client tool, from one command's ``<tool> --version`` lines (roles/preflight/tasks/tools.yml).
 
@@ -184,6 +222,7 @@ def tools(tools: Sequence[str], result: Row, server_major: int | str, host: str)
     server fails (it cannot dump or restore it); an unknown server version (0: no connection) only warns.
     """
     server = as_int(server_major)
+    result = section(result, "tools")
     stdout = [str(line) for line in result.get("stdout_lines") or []]
     stderr = [str(line) for line in result.get("stderr_lines") or []]
     checks: list[Check] = []
@@ -222,6 +261,7 @@ def backup_space(directory: str, df: Row, catalog: Row, space_factor: Decimal | 
     db_size probe rows ({} without a connection: size -1, not compared). Exactly equal is enough.
     """
     database = as_int(_first(catalog.get("db_size")).get("bytes", -1))
+    df = section(df, "space")
     if free_bytes_override is not None:
         free = as_int(free_bytes_override)
     elif as_int(df.get("rc", 1), 1) == 0:
