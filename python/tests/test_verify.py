@@ -16,7 +16,6 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -325,6 +324,21 @@ def test_capital_check_runs_further_queries_in_its_snapshot_each_on_its_own(migr
     assert result["discrepancy_count"] == 0
 
 
+@pytest.mark.parametrize("connections", [1, 2])
+def test_capital_checks_settings_hold_on_every_session_and_end_with_it(migrated: Database, connections: int) -> None:
+    probe = ("SELECT current_setting('max_parallel_workers_per_gather') AS workers,"
+             " current_setting('lock_timeout') AS lt")
+    result = run_check(migrated, connections=connections, lock_timeout="7s",
+                       settings={"max_parallel_workers_per_gather": 0}, queries=[probe])
+    assert result["discrepancy_count"] == 0
+    assert result["query_results"] == [{"rows": [{"workers": "0", "lt": "7s"}], "error": ""}]
+    conn = migrated.connect()
+    with conn.cursor() as cur:
+        cur.execute(probe)
+        assert cur.fetchone() != ("0", "7s")  # SET LOCAL: nothing outlives the check's transaction
+    conn.close()
+
+
 def test_capital_check_changes_nothing_in_either_mode(migrated: Database) -> None:
     before = snapshot(migrated)
     run_check(migrated, check_mode=True)
@@ -422,13 +436,15 @@ def test_the_command_beside_the_check_starts_first_and_is_returned_whatever_the_
     assert "cannot run /nonexistent/psql" in missing["alongside"]["msg"]
 
 
-def test_the_command_beside_a_passing_check_starts_before_its_snapshot(migrated: Database) -> None:
-    # Started before the check connects: its clock reads earlier than the check's snapshot (one host, one clock).
-    stamp = ["date", "-u", "+%Y-%m-%dT%H:%M:%S.%N+00:00"]
-    result = run_check(migrated, alongside={"argv": stamp})
+def test_the_command_beside_the_check_runs_while_the_check_reads(migrated: Database) -> None:
+    # The check's session stays open for a second (a further query of its own); the command, started with it,
+    # looks for that session. Run one after the other, in either order, it would never see it.
+    look = ("for i in $(seq 100); do n=$(psql -XAtc \"SELECT count(*) FROM pg_stat_activity "
+            "WHERE application_name = 'capital_check'\"); if [ \"$n\" -gt 0 ]; then echo seen; exit 0; fi; "
+            "sleep 0.1; done; echo never; exit 1")
+    result = run_check(migrated, queries=["SELECT pg_sleep(1)"], alongside={"argv": ["sh", "-c", look]})
     assert result["discrepancy_count"] == 0
-    started = result["alongside"]["stdout"].strip()[:26] + "+00:00"
-    assert datetime.fromisoformat(started) <= datetime.fromisoformat(result["snapshot_time"])
+    assert result["alongside"]["stdout_lines"] == ["seen"], result["alongside"]
 
 
 # --- verify_migration.sql ----------------------------------------------------------------------------

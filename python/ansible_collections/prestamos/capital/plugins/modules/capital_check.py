@@ -76,9 +76,10 @@ options:
   alongside:
     description:
       - A command run beside the check (the project's verify role passes psql with the SQL test suite
-        C(verify_migration.sql) on its standard input). It is started before the check connects, runs on its
-        own session, and is waited for after the check's last read, so the two read the legacy tables at the same
-        time and the module returns when both are done, without an async task and a polling wait of its own.
+        C(verify_migration.sql) on its standard input). It is started first (on a thread), runs on its own
+        session, and is waited for after the check's last read, so the two read the legacy tables at the
+        same time and the module returns when both are done, without an async task and a polling wait of
+        its own.
       - Its outcome is returned in RV(alongside) and never fails the module; the caller judges it.
       - It runs with the module's environment (a task's C(environment), e.g. the libpq variables).
     type: dict
@@ -92,6 +93,13 @@ options:
         description: Text sent to the command's standard input (then closed).
         type: str
         default: ''
+  settings:
+    description:
+      - Server settings for the check's transaction on every session it reads with (C(set_config(name, value,
+        true)), so they end with it), e.g. C(max_parallel_workers_per_gather=0) where the check shares the
+        machine with other readers and its own second session already is the parallelism.
+    type: dict
+    default: {}
   lock_timeout:
     description:
       - PostgreSQL C(lock_timeout) for the check's reads, so it fails instead of queueing forever behind
@@ -450,6 +458,11 @@ class CapitalChecker:
             rows: list[tuple[Any, ...]] = cur.fetchall()
             return rows
 
+    def setup_statements(self) -> list[tuple[str, tuple[str, ...]]]:
+        """What every session runs first in its transaction: lock_timeout, then O(settings) (SET LOCAL)."""
+        settings = {"lock_timeout": self.params["lock_timeout"], **self.params["settings"]}
+        return [("SELECT set_config(%s, %s, true)", (str(name), str(value))) for name, value in settings.items()]
+
     def read_ahead(self, calc_ok: bool, shadow_ok: bool) -> None:
         """With connections > 1 (method sql): export this snapshot and let a second session read, from the
         end, the aggregates run() will ask for, in the order it asks (module_utils/prefetch.py)."""
@@ -466,7 +479,7 @@ class CapitalChecker:
         self.prefetch = Prefetch(queries)
         self.prefetch.start(
             lambda: psycopg2.connect(**connect_kwargs(self.params, "capital_check")), snapshot,
-            [("SELECT set_config('lock_timeout', %s, true)", (self.params["lock_timeout"],))])
+            self.setup_statements())
 
     def stream(self, name: str, sql: str) -> Iterator[tuple[Any, ...]]:
         """Yield rows through a server-side cursor, STREAM_BATCH at a time (raw tables can be huge)."""
@@ -480,7 +493,8 @@ class CapitalChecker:
     def run(self) -> dict[str, Any]:
         """Check everything on one snapshot; return the module result (without failed/msg)."""
         # set_config(..., true) is SET LOCAL: it ends with the snapshot transaction.
-        self.query("SELECT set_config('lock_timeout', %s, true)", (self.params["lock_timeout"],))
+        for sql, args in self.setup_statements():
+            self.query(sql, args)
         schema = self.query(SQL_SCHEMA)[0]
         ledger_ok, shadow_loans, shadow_payments, calc_ok, junta_cols, affects_cols, snapshot = schema
         missing = [
@@ -663,6 +677,7 @@ def argument_spec() -> dict[str, Any]:
         "check_function": {"type": "bool", "default": True},
         "max_discrepancies": {"type": "int", "default": 1000},
         "lock_timeout": {"type": "str", "default": "10s"},
+        "settings": {"type": "dict", "default": {}},
         "queries": {"type": "list", "elements": "str", "default": []},
         "connections": {"type": "int", "default": 1},
         "alongside": {"type": "dict", "options": {
