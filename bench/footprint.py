@@ -7,12 +7,18 @@ scripts, rate and clients) first without a migration, then with `ansible-playboo
 on fresh copies of one dataset, and prints both as one table: transactions, failed transactions, p50/p99/max
 over the whole load and inside the run's window, the longest lock wait of an application session, and
 capital_check after the run. Raw results go to bench/results/footprint-<UTC time>.json.
+
+With checkouts (`NAME=ROOT ...`, bench.stages' form) it compares them side by side: after one warm-up run of
+the floor, each of `--rounds` rounds runs a baseline load and then every checkout's migrate.yml on fresh
+copies (the order alternating from round to round), and prints each stage's p99 and its ratio to the same
+round's baseline p99: did a change make the application's tail worse?
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -54,27 +60,113 @@ def table(size: str, base: dict[str, Any], whole: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def checkouts(items: list[str]) -> dict[str, Path]:
+    """NAME=ROOT pairs, each a checkout of the project (bench.stages' form)."""
+    roots: dict[str, Path] = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not (Path(path) / "playbooks" / "migrate.yml").is_file():
+            raise SystemExit(f"{item!r}: expected NAME=ROOT, a checkout holding playbooks/migrate.yml")
+        roots[name] = Path(path).resolve()
+    return roots
+
+
+def whole_run_on(root: Path, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """B.load_run of migrate.yml from another checkout (its roles, collection and ansible.cfg)."""
+    saved = B.ROOT
+    B.ROOT = root
+    try:
+        return B.load_run(*args, **kwargs)
+    finally:
+        B.ROOT = saved
+
+
+def ratio(lat: dict[str, Any], base: dict[str, Any]) -> float | None:
+    """A window's p99 over its round's baseline p99."""
+    if lat.get("p99_ms") is None or not base["all"].get("p99_ms"):
+        return None
+    return float(lat["p99_ms"]) / float(base["all"]["p99_ms"])
+
+
+def spread(values: list[float]) -> str:
+    """Median (min-max, n) of some values, or '-'."""
+    if not values:
+        return "-"
+    return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f}, n={len(values)})"
+
+
+def side_by_side(rounds: list[dict[str, Any]], names: list[str]) -> str:
+    """The Markdown table of checkouts measured in the same rounds: p99 and p99 / the round's baseline p99."""
+    lines = ["| medium, per stage | " + " | ".join(f"{n}: p99 ms | {n}: p99 / baseline" for n in names) + " |",
+             "|---|" + "---|---|" * len(names)]
+    base = [r["baseline"]["all"]["p99_ms"] for r in rounds]
+    lines.append("| baseline (no migration) | " + " | ".join(f"{spread(base)} | 1" for _ in names) + " |")
+    for stage in ("preflight", "backup", "migrate", "verify", None):
+        cells = []
+        for name in names:
+            runs = [(r[name], r["baseline"]) for r in rounds]
+            lats = [(w.get("per_stage", {}).get(stage) if stage else w.get("during_migration"), b) for w, b in runs]
+            p99 = [lat["p99_ms"] for lat, _ in lats if lat and lat.get("p99_ms") is not None]
+            rel = [x for lat, b in lats if lat and (x := ratio(lat, b)) is not None]
+            cells.append(f"{spread(p99)} | {spread(rel)}")
+        lines.append(f"| {stage or 'whole run'} | " + " | ".join(cells) + " |")
+    for label, key in (("failed transactions", "failed"), ("transactions", "transactions")):
+        cells = [" / ".join(str(r[n].get("during_migration", {}).get(key, "-")) for r in rounds) + " | "
+                 for n in names]
+        lines.append(f"| {label} during the run | " + " | ".join(cells) + " |")
+    cells = [" / ".join(f"{r[n].get('migration', {}).get('wall', 0):.1f}" for r in rounds) + " s | " for n in names]
+    lines.append("| migrate.yml wall | " + " | ".join(cells) + " |")
+    cells = [" / ".join(str(r[n].get("capital_check", {}).get("discrepancy_count", "?")) for r in rounds) + " | "
+             for n in names]
+    lines.append("| capital_check discrepancies after | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.footprint", description=__doc__.splitlines()[0])
+    parser.add_argument("versions", nargs="*", metavar="NAME=ROOT",
+                        help="checkouts to compare side by side (none: this one, one round)")
     parser.add_argument("--size", default="medium")
+    parser.add_argument("--rounds", type=int, default=1, help="rounds of a baseline and each checkout's run")
     parser.add_argument("--seconds", type=int, default=75, help="length of each load run (the run must fit)")
     parser.add_argument("--rate", type=int, default=40, help="pgbench -R (transactions per second)")
     parser.add_argument("-e", dest="extra_vars", action="append", default=[], metavar="NAME=VALUE",
                         help="an extra variable for migrate.yml (repeatable)")
     args = parser.parse_args()
+    roots = checkouts(args.versions)
     results: dict[str, Any] = {"size": args.size, "seconds": args.seconds, "rate": args.rate,
-                               "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+                               "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                               "extra_vars": args.extra_vars}
+    stamp = results["started"].replace(":", "").replace("-", "")
     with Cluster() as pg, tempfile.TemporaryDirectory(prefix="capital-footprint-") as tmp:
         B.prepare(pg, args.size, 1)
         tpl, workdir = f"tpl_{args.size}", Path(tmp)
-        results["baseline"] = B.load_run(pg, tpl, workdir, "base", args.seconds, args.rate, migrate=False)
-        results["extra_vars"] = args.extra_vars
-        results["whole_run"] = B.load_run(pg, tpl, workdir, "whole", args.seconds, args.rate, migrate=True,
-                                          whole_run=True, extra_vars=args.extra_vars)
-    out = B.ROOT / "bench" / "results" / f"footprint-{results['started'].replace(':', '').replace('-', '')}.json"
+        if not roots:
+            results["baseline"] = B.load_run(pg, tpl, workdir, "base", args.seconds, args.rate, migrate=False)
+            results["whole_run"] = B.load_run(pg, tpl, workdir, "whole", args.seconds, args.rate, migrate=True,
+                                              whole_run=True, extra_vars=args.extra_vars)
+        else:
+            # The first run on a new cluster creates its WAL segments as it writes them (zero-filled on
+            # the commit path); the floor's run first leaves every measured run the same recycled pool.
+            results["warm_up_floor_s"] = B.measure_floor(pg, tpl)
+            B.psql(pg, "postgres", "-c", "CHECKPOINT")  # recycles the segments the floor wrote
+            results["rounds"] = []
+            for n in range(args.rounds):
+                one: dict[str, Any] = {"baseline": B.load_run(pg, tpl, workdir, "base", args.seconds, args.rate,
+                                                              migrate=False)}
+                order = list(roots) if n % 2 == 0 else list(reversed(roots))
+                for name in order:
+                    print(f"[bench.footprint] round {n + 1}/{args.rounds}: {name}", flush=True)
+                    one[name] = whole_run_on(roots[name], pg, tpl, workdir, name, args.seconds, args.rate,
+                                             migrate=True, whole_run=True, extra_vars=args.extra_vars)
+                results["rounds"].append(one)
+    out = B.ROOT / "bench" / "results" / f"footprint-{stamp}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2, default=str))
-    print(table(args.size, results["baseline"], results["whole_run"]))
+    if roots:
+        print(side_by_side(results["rounds"], list(roots)))
+    else:
+        print(table(args.size, results["baseline"], results["whole_run"]))
     print(f"raw: {out}")
     return 0
 

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ansible_collections.prestamos.capital.plugins.module_utils import live
 from ansible_collections.prestamos.capital.plugins.module_utils.errors import MigrationError
 from ansible_collections.prestamos.capital.plugins.module_utils.sqltext import Unit
 from ansible_collections.prestamos.capital.plugins.module_utils.unitrunner import UnitRunner, _PhaseStats
@@ -92,6 +93,8 @@ class BackfillRunner(UnitRunner):
     connect: Callable[[], Any] | None = None
     # Sessions that ran backfill batches in this run (the first one included): the result's backfill_sessions.
     backfill_sessions: int = 1
+    # The application's sessions at work when the backfill started (live.py); None when not looked.
+    application_sessions: int | None = None
 
     def request_stop(self, signal_name: str) -> None:
         """Ask this run and its lanes to stop at their next boundary."""
@@ -145,9 +148,12 @@ class BackfillRunner(UnitRunner):
     def _start_lanes(self) -> None:
         """Open ``backfill_connections - 1`` more sessions, each running batches in a thread. A session that
         cannot connect (max_connections reached) runs nothing: the others do its share."""
-        wanted = self.options.backfill_connections - 1
-        if wanted < 1 or self.connect is None:
+        if self.options.backfill_connections < 2 or self.connect is None:
             return
+        sessions, self.application_sessions = live.sessions(
+            self.conn, self.options.backfill_connections, self.options.connections_while_live
+        )
+        wanted = sessions - 1
         for number in range(2, wanted + 2):
             try:
                 conn = self.connect()

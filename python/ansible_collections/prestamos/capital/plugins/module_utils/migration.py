@@ -265,6 +265,7 @@ class Migrator(BackfillRunner):
             "batches": self.batches,
             "batches_rerun": self.batches_rerun,
             "backfill_sessions": self.backfill_sessions,
+            "application_sessions": self.application_sessions,
             "lock_retries": self.lock_retries,
             "longest_lock_wait_ms": round(self.longest_lock_wait_ms),
             "run_id": self.run_id,

@@ -88,6 +88,8 @@ class Options:
     statement_timeout: str = "0"
     # Sessions running the backfill's ledger steps side by side and sharing its sweep (backfill.py); 1: one.
     backfill_connections: int = 1
+    # At most this many of them while the application is at work on the database (live.py); 0: no limit.
+    connections_while_live: int = 0
     # Names this run in the record of provenance (and its history row); a random one when empty.
     run_id: str = ""
 

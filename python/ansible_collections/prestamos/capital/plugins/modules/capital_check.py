@@ -73,6 +73,14 @@ options:
         session that cannot connect reads nothing; the first then reads everything.
     type: int
     default: 1
+  connections_while_live:
+    description:
+      - At most this many sessions when the application is at work on the database as the check starts
+        reading, that is another client session (not one named C(capital*); O(alongside) runs as
+        C(capital_check alongside)) in a statement or a transaction, or in one within the last two seconds
+        (module_utils/live.py). C(0) does not look.
+    type: int
+    default: 0
   alongside:
     description:
       - A command run beside the check (the project's verify role passes psql with the SQL test suite
@@ -147,6 +155,18 @@ read_ahead:
   returned: success
   type: int
   sample: 7
+application_sessions:
+  description: The application's sessions at work when the check started reading (see
+    O(connections_while_live)); null when it did not look.
+  returned: success
+  type: int
+  sample: 4
+sessions:
+  description: Sessions the check started to read with; 2 when a second one was started to read ahead (it may
+    still have read nothing, RV(read_ahead)).
+  returned: success
+  type: int
+  sample: 2
 juntas_checked:
   description: Number of rows in C("Junta") that were checked.
   returned: success
@@ -234,6 +254,7 @@ from decimal import Decimal
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible_collections.prestamos.capital.plugins.module_utils import live
 from ansible_collections.prestamos.capital.plugins.module_utils.capital import (
     ZERO,
     AccionRow,
@@ -394,8 +415,10 @@ class Alongside:
 
     def _run(self, stdin: str) -> None:
         try:
+            # Named like the check's own sessions, so that it does not count as the application (live.py).
             rc, out, err = self.module.run_command(self.argv, data=stdin or None, binary_data=True,
-                                                   expand_user_and_vars=False, handle_exceptions=False)
+                                                   expand_user_and_vars=False, handle_exceptions=False,
+                                                   environ_update={"PGAPPNAME": "capital_check alongside"})
         except OSError as exc:
             self.outcome = self._result(127, "", "", f"cannot run {self.argv[0]}: {exc.strerror or exc}")
             return
@@ -422,6 +445,7 @@ class CapitalChecker:
         self.conn: Any = None
         self._found: list[Discrepancy] = []
         self.prefetch: Prefetch | None = None
+        self.application_sessions: int | None = None
 
     # -- database plumbing ---------------------------------------------------------------------------
     def connect(self) -> None:
@@ -467,6 +491,12 @@ class CapitalChecker:
         """With connections > 1 (method sql): export this snapshot and let a second session read, from the
         end, the aggregates run() will ask for, in the order it asks (module_utils/prefetch.py)."""
         if self.params["connections"] < 2 or self.params["method"] != "sql":
+            return
+        # In this snapshot's transaction: pg_stat_activity is read as it is now, and nothing is ended.
+        sessions, self.application_sessions = live.sessions(
+            self.conn, self.params["connections"], self.params["connections_while_live"]
+        )
+        if sessions < 2:
             return
         queries = [SQL_EXPECTED_SUMS, SQL_JUNTA, SQL_LEDGER]
         if self.params["check_function"] and calc_ok:
@@ -566,6 +596,8 @@ class CapitalChecker:
             discrepancy_count=len(discrepancies),
             snapshot_time=snapshot.isoformat(),
             read_ahead=self.prefetch.read_ahead if self.prefetch is not None else 0,
+            application_sessions=self.application_sessions,
+            sessions=1 if self.prefetch is None else 2,
         )
         result["query_results"] = [self.extra_query(sql) for sql in self.params["queries"]]
         self._found = discrepancies
@@ -680,6 +712,7 @@ def argument_spec() -> dict[str, Any]:
         "settings": {"type": "dict", "default": {}},
         "queries": {"type": "list", "elements": "str", "default": []},
         "connections": {"type": "int", "default": 1},
+        "connections_while_live": {"type": "int", "default": 0},
         "alongside": {"type": "dict", "options": {
             "argv": {"type": "list", "elements": "str", "required": True},
             "stdin": {"type": "str", "default": ""},

@@ -75,6 +75,13 @@ options:
         stopped or killed anywhere resumes as with one session.
     type: int
     default: 1
+  connections_while_live:
+    description:
+      - At most this many backfill sessions when the application is at work on the database as the backfill
+        starts, that is another client session (not one named C(capital*)) in a statement or a transaction,
+        or in one within the last two seconds (module_utils/live.py). C(0) does not look.
+    type: int
+    default: 0
 attributes:
   check_mode:
     support: full
@@ -148,6 +155,11 @@ backfill_sessions:
   description: Sessions that ran backfill batches in this run (see O(connections)).
   returned: always
   type: int
+application_sessions:
+  description: The application's sessions at work when the backfill started (see O(connections_while_live));
+    null when it did not look.
+  returned: always
+  type: int
 batches_rerun:
   description:
     - Backfill batches an application write raced (its sync trigger wrote one of the batch's rows after the
@@ -195,6 +207,7 @@ def argument_spec() -> dict[str, Any]:
         "batch_size": {"type": "int", "default": 5000},
         "statement_timeout": {"type": "str", "default": "0"},
         "connections": {"type": "int", "default": 1},
+        "connections_while_live": {"type": "int", "default": 0},
         **connection_argument_spec(),
     }
 
@@ -212,6 +225,7 @@ def main() -> None:
         batch_size=p["batch_size"],
         statement_timeout=p["statement_timeout"],
         backfill_connections=p["connections"],
+        connections_while_live=p["connections_while_live"],
     )
 
     def error_details(details: dict[str, Any]) -> dict[str, Any]:

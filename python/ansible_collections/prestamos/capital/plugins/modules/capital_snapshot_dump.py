@@ -59,6 +59,13 @@ options:
       - A session that cannot be opened (C(max_connections) reached) takes no probe; the others read them all.
     type: int
     default: 1
+  connections_while_live:
+    description:
+      - At most this many sessions when the application is at work on the database as the module starts, that is
+        another client session (not one named C(capital*)) in a statement or a transaction, or in one within
+        the last two seconds (module_utils/live.py). C(0) does not look.
+    type: int
+    default: 0
   lock_tables:
     description: Tables locked C(ACCESS SHARE) before the snapshot is taken.
     type: list
@@ -125,6 +132,12 @@ lanes:
   returned: when the dump ran
   type: int
   sample: 2
+application_sessions:
+  description: The application's sessions at work when the module started (see O(connections_while_live));
+    null when it did not look.
+  returned: when the dump ran
+  type: int
+  sample: 4
 seconds:
   description: Wall time of the whole call, of the dump and of the probes (they overlap).
   returned: always
@@ -135,6 +148,7 @@ seconds:
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible_collections.prestamos.capital.plugins.module_utils import live
 from ansible_collections.prestamos.capital.plugins.module_utils.pg import (
     HAS_PSYCOPG2,
     PSYCOPG2_IMPORT_ERROR,
@@ -157,6 +171,7 @@ def main() -> None:
             "settings": {"type": "dict", "default": {}},
             "optional": {"type": "list", "elements": "str", "default": []},
             "connections": {"type": "int", "default": 1},
+            "connections_while_live": {"type": "int", "default": 0},
             "lock_tables": {"type": "list", "elements": "str", "default": []},
             "lock_timeout": {"type": "int", "default": 60},
         },
@@ -177,10 +192,12 @@ def main() -> None:
                              seconds={})
         if p["connections"] < 1:
             module.fail_json(msg=f"connections must be 1 or more, got {p['connections']}", dumped=False)
+        sessions, seen = live.sessions(conn, p["connections"], p["connections_while_live"])
+        conn.rollback()  # the snapshot's transaction must be the first one
         done = snapshot_dump(conn, p["dump_argv"], p["partial"], probes, p["params"], p["settings"],
                              p["optional"], p["lock_tables"], p["lock_timeout"],
                              connect=lambda: connect(p, "capital_snapshot_dump", autocommit=False),
-                             connections=p["connections"])
+                             connections=sessions)
     except ProbeError as exc:
         module.fail_json(msg=str(exc), probe=exc.probe, sqlstate=exc.sqlstate, dumped=False)
     except Exception as exc:  # psycopg2.Error (a lock not granted in time), OSError (pg_dump not found)
@@ -188,6 +205,7 @@ def main() -> None:
     finally:
         conn.close()
     result = {"dumped": True, "rc": done.rc, "stderr": done.stderr, "rows": done.rows, "lanes": done.lanes,
+              "application_sessions": seen,
               "snapshot": done.snapshot, "snapshot_time": done.snapshot_time,
               "seconds": {"total": done.seconds, "dump": done.dump_seconds, "probes": done.probe_seconds}}
     if done.rc != 0:
