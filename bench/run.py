@@ -47,6 +47,12 @@ INVENTORY = ROOT / "files" / "sql" / "migration_objects.json"
 BACKFILL_SESSIONS = int(
     yaml.safe_load((ROOT / "roles" / "migrate" / "defaults" / "main.yml").read_text())["capital_backfill_connections"]
 )
+# And the connection role's capital_connections_while_live: at most that many while the application is at work.
+LIVE_SESSIONS = int(
+    yaml.safe_load((ROOT / "roles" / "connection" / "defaults" / "main.yml").read_text())[
+        "capital_connections_while_live"
+    ]
+)
 
 
 class ObservedMigrator(Migrator):
@@ -472,10 +478,13 @@ def load_run(
         else:
             conn = migration_connect(pg, db)
             try:
-                result = Migrator(conn, sql_files(), Options(backfill_connections=BACKFILL_SESSIONS),
+                options = Options(backfill_connections=BACKFILL_SESSIONS, connections_while_live=LIVE_SESSIONS)
+                result = Migrator(conn, sql_files(), options,
                                   connect=lambda: migration_connect(pg, db)).run()
                 out["migration"] = {"seconds": time.time() - began, "lock_retries": result["lock_retries"],
-                                    "batches_rerun": result["batches_rerun"]}
+                                    "batches_rerun": result["batches_rerun"],
+                                    "backfill_sessions": result["backfill_sessions"],
+                                    "application_sessions": result["application_sessions"]}
             except MigrationError as exc:
                 out["migration"] = {"seconds": time.time() - began, "error": exc.msg}
             conn.close()
