@@ -237,6 +237,7 @@ RULES: dict[str, Rule] = {
     "capital_preflight_work_mem": memory(64),
     "capital_preflight_connections": integer(1, 16),
     "capital_backfill_connections": integer(1, 16),
+    "capital_connections_while_live": integer(0, 16),
     "capital_migration_sql_sha256": _optional(_sha256),
     "capital_migration_version": Rule(_version),
     "capital_verify_sql_file": Rule(_absolute_path),
