@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import psycopg2
 import pytest
 from ansible_collections.prestamos.capital.plugins.module_utils import live
 from capital_migrate.pgtmp import Database, temporary_database
@@ -109,6 +110,37 @@ def test_the_application_at_work_is_counted_and_idle_or_own_sessions_are_not(pg_
         assert asking(pg_db) == 0  # idle since: not at work
     finally:
         pool.close()
+
+
+def test_a_role_that_cannot_see_other_roles_sessions_takes_them_for_the_application(pg_db: Database) -> None:
+    """Without pg_read_all_stats another role's session shows no type and no state: it counts as at work, even
+    idle; with it, the idle session is seen to be idle."""
+    role = f"plain_{pg_db.name}"
+    run_sql(pg_db, f'CREATE ROLE "{role}" LOGIN PASSWORD \'x\'')
+    try:
+        quiet(pg_db)
+        idle = pg_db.connect()  # the superuser's session: connected, no statement since
+        try:
+            time.sleep(live.LIVE_WINDOW_S + 0.5)
+            assert asking(pg_db) == 0  # the superuser sees that it is idle
+            plain = psycopg2.connect(pg_db.cluster.dsn(pg_db.name), user=role, password="x")
+            plain.autocommit = True
+            try:
+                assert live.application_sessions(plain) == 1
+                run_sql(pg_db, f'GRANT pg_read_all_stats TO "{role}"')
+            finally:
+                plain.close()
+            seeing = psycopg2.connect(pg_db.cluster.dsn(pg_db.name), user=role, password="x")
+            seeing.autocommit = True
+            try:
+                assert live.application_sessions(seeing) == 0
+            finally:
+                seeing.close()
+        finally:
+            idle.close()
+    finally:
+        quiet(pg_db)
+        run_sql(pg_db, f'DROP ROLE "{role}"')
 
 
 def test_the_backfill_runs_on_one_session_while_the_application_works_and_ends_the_same(

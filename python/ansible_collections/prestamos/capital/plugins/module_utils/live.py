@@ -5,7 +5,8 @@ application where none is: side by side on two cores under the footprint's load,
 3.56x to 5.08x the baseline's with two sessions per stage (BENCHMARKS.md, issue 20, the footprint before and
 after). So a module given ``connections_while_live`` looks once, before it opens a second session, for the
 application on this database: another client session (not this run's: application_name ``capital*``) that is
-in a statement or a transaction now, or was within the last LIVE_WINDOW_S seconds. If there is one, the module
+in a statement or a transaction now, or was within the last LIVE_WINDOW_S seconds (a session the run's role may
+not see the state of, another role's without pg_read_all_stats, counts as at work). If there is one, the module
 uses at most ``connections_while_live`` sessions; in a quiet change window it uses ``connections``.
 """
 
@@ -16,12 +17,15 @@ from typing import Any
 LIVE_WINDOW_S = 2
 
 # Idle sessions of a connection pool are not the application at work; a session that ran a statement within the
-# window, or is in one or in a transaction, is.
+# window, or is in one or in a transaction, is. A role without pg_read_all_stats sees another role's sessions of
+# this database without their type and state (NULL): each is taken for the application at work.
 APPLICATION_SESSIONS_SQL = f"""
 SELECT count(*)::int FROM pg_stat_activity
- WHERE datname = current_database() AND backend_type = 'client backend' AND pid <> pg_backend_pid()
+ WHERE datname = current_database() AND pid <> pg_backend_pid()
    AND coalesce(application_name, '') NOT LIKE 'capital%'
-   AND (state IS DISTINCT FROM 'idle' OR state_change > clock_timestamp() - interval '{LIVE_WINDOW_S} seconds')
+   AND (backend_type IS NULL
+        OR backend_type = 'client backend'
+           AND (state IS DISTINCT FROM 'idle' OR state_change > clock_timestamp() - interval '{LIVE_WINDOW_S} seconds'))
 """
 
 
