@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -60,25 +59,10 @@ def table(size: str, base: dict[str, Any], whole: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def checkouts(items: list[str]) -> dict[str, Path]:
-    """NAME=ROOT pairs, each a checkout of the project (bench.stages' form)."""
-    roots: dict[str, Path] = {}
-    for item in items:
-        name, sep, path = item.partition("=")
-        if not sep or not (Path(path) / "playbooks" / "migrate.yml").is_file():
-            raise SystemExit(f"{item!r}: expected NAME=ROOT, a checkout holding playbooks/migrate.yml")
-        roots[name] = Path(path).resolve()
-    return roots
-
-
 def whole_run_on(root: Path, *args: Any, **kwargs: Any) -> dict[str, Any]:
     """B.load_run of migrate.yml from another checkout (its roles, collection and ansible.cfg)."""
-    saved = B.ROOT
-    B.ROOT = root
-    try:
+    with B.rooted(root):
         return B.load_run(*args, **kwargs)
-    finally:
-        B.ROOT = saved
 
 
 def ratio(lat: dict[str, Any], base: dict[str, Any]) -> float | None:
@@ -88,19 +72,12 @@ def ratio(lat: dict[str, Any], base: dict[str, Any]) -> float | None:
     return float(lat["p99_ms"]) / float(base["all"]["p99_ms"])
 
 
-def spread(values: list[float]) -> str:
-    """Median (min-max, n) of some values, or '-'."""
-    if not values:
-        return "-"
-    return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f}, n={len(values)})"
-
-
 def side_by_side(rounds: list[dict[str, Any]], names: list[str]) -> str:
     """The Markdown table of checkouts measured in the same rounds: p99 and p99 / the round's baseline p99."""
     lines = ["| medium, per stage | " + " | ".join(f"{n}: p99 ms | {n}: p99 / baseline" for n in names) + " |",
              "|---|" + "---|---|" * len(names)]
     base = [r["baseline"]["all"]["p99_ms"] for r in rounds]
-    lines.append("| baseline (no migration) | " + " | ".join(f"{spread(base)} | 1" for _ in names) + " |")
+    lines.append("| baseline (no migration) | " + " | ".join(f"{B.spread(base)} | 1" for _ in names) + " |")
     for stage in ("preflight", "backup", "migrate", "verify", None):
         cells = []
         for name in names:
@@ -108,7 +85,7 @@ def side_by_side(rounds: list[dict[str, Any]], names: list[str]) -> str:
             lats = [(w.get("per_stage", {}).get(stage) if stage else w.get("during_migration"), b) for w, b in runs]
             p99 = [lat["p99_ms"] for lat, _ in lats if lat and lat.get("p99_ms") is not None]
             rel = [x for lat, b in lats if lat and (x := ratio(lat, b)) is not None]
-            cells.append(f"{spread(p99)} | {spread(rel)}")
+            cells.append(f"{B.spread(p99)} | {B.spread(rel)}")
         lines.append(f"| {stage or 'whole run'} | " + " | ".join(cells) + " |")
     for label, key in (("failed transactions", "failed"), ("transactions", "transactions")):
         cells = [" / ".join(str(r[n].get("during_migration", {}).get(key, "-")) for r in rounds) + " | "
@@ -133,7 +110,7 @@ def main() -> int:
     parser.add_argument("-e", dest="extra_vars", action="append", default=[], metavar="NAME=VALUE",
                         help="an extra variable for migrate.yml (repeatable)")
     args = parser.parse_args()
-    roots = checkouts(args.versions)
+    roots = B.checkouts(args.versions)
     results: dict[str, Any] = {"size": args.size, "seconds": args.seconds, "rate": args.rate,
                                "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                "extra_vars": args.extra_vars}

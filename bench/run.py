@@ -12,6 +12,7 @@ right before the load with a migration. Results: a JSON file and Markdown tables
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -21,7 +22,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,35 @@ LIVE_SESSIONS = int(
         "capital_connections_while_live"
     ]
 )
+
+
+def checkouts(items: Sequence[str]) -> dict[str, Path]:
+    """NAME=ROOT pairs (bench.stages, bench.footprint), each a checkout of the project."""
+    roots: dict[str, Path] = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not (Path(path) / "playbooks" / "migrate.yml").is_file():
+            raise SystemExit(f"{item!r}: expected NAME=ROOT, a checkout holding playbooks/migrate.yml")
+        roots[name] = Path(path).resolve()
+    return roots
+
+
+@contextlib.contextmanager
+def rooted(root: Path) -> Iterator[None]:
+    """Run playbooks from another checkout (its roles, collection and ansible.cfg) inside the block."""
+    global ROOT
+    saved, ROOT = ROOT, root
+    try:
+        yield
+    finally:
+        ROOT = saved
+
+
+def spread(values: Sequence[float]) -> str:
+    """Median (min-max, n) of some values, or '-'."""
+    if not values:
+        return "-"
+    return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f}, n={len(values)})"
 
 
 class ObservedMigrator(Migrator):

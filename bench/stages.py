@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -30,16 +29,11 @@ STAGES = ("preflight", "backup", "migrate", "verify")
 
 def playbook(pg: Cluster, tpl: str, root: Path, workdir: Path) -> dict[str, Any]:
     """bench.run.measure_playbook with another checkout as the root (its roles, collection and ansible.cfg)."""
-    saved = B.ROOT
-    B.ROOT = root
-    try:
+    with B.rooted(root):
         return B.measure_playbook(pg, tpl, workdir)
-    finally:
-        B.ROOT = saved
 
 
-def median(values: list[float]) -> str:
-    return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f}, n={len(values)})" if values else "-"
+median = B.spread
 
 
 def main() -> int:
@@ -50,12 +44,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", type=Path, default=None, help="JSON results")
     args = parser.parse_args()
-    roots: dict[str, Path] = {}
-    for item in args.versions:
-        name, sep, path = item.partition("=")
-        if not sep or not (Path(path) / "playbooks" / "migrate.yml").is_file():
-            raise SystemExit(f"{item!r}: expected NAME=ROOT, a checkout holding playbooks/migrate.yml")
-        roots[name] = Path(path).resolve()
+    roots = B.checkouts(args.versions)
     res: dict[str, Any] = {"size": args.size, "floor": [], "plain": [], "runs": {n: [] for n in roots}}
     with Cluster() as pg, tempfile.TemporaryDirectory(prefix="bench-stages-") as tmp:
         workdir = Path(tmp)
