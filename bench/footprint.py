@@ -12,6 +12,14 @@ With checkouts (`NAME=ROOT ...`, bench.stages' form) it compares them side by si
 the floor, each of `--rounds` rounds runs a baseline load and then every checkout's migrate.yml on fresh
 copies (the order alternating from round to round), and prints each stage's p99 and its ratio to the same
 round's baseline p99: did a change make the application's tail worse?
+
+`--controls` adds, to each round and under the same load, work that is not the migration, to tell what part
+of the tail any run on this machine would cause:
+  noop  a play of as many module runs as the last migrate.yml ran (bench/noop.yml; counted by
+        bench/callback_plugins), none of them touching the database: Ansible alone, beside the server;
+  dump  a bare pg_dump --format=custom --compress=1 (the backup role's own) of the database, nothing else;
+  nice  the first checkout's migrate.yml under `nice -n 19` (Ansible, its modules, psql and pg_dump; not the
+        server's backends).
 """
 
 from __future__ import annotations
@@ -59,6 +67,36 @@ def table(size: str, base: dict[str, Any], whole: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+CONTROLS = ("noop", "dump", "nice")
+
+
+def controls(text: str) -> list[str]:
+    """--controls noop,dump,nice"""
+    names = [n for n in text.split(",") if n]
+    if not names or set(names) - set(CONTROLS):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a comma-separated list of {', '.join(CONTROLS)}")
+    return names
+
+
+def control(name: str, pg: Cluster, workdir: Path, root: Path, tasks: int) -> Any:
+    """The work of one control (see the module's text) as bench.run.load_run's `work`."""
+    def noop(db: str) -> dict[str, Any]:
+        return B.playbook_on(pg, db, workdir, playbook="bench/noop.yml", extra_vars=[f"bench_noop_tasks={tasks}"])
+
+    def dump(db: str) -> dict[str, Any]:
+        target = workdir / "control.dump"
+        began = time.monotonic()
+        B.run(["pg_dump", "--format=custom", "--compress=1", f"--file={target}"], B.tool_env(pg, db))
+        target.unlink()
+        return {"wall": time.monotonic() - began, "rc": 0}
+
+    def nice(db: str) -> dict[str, Any]:
+        with B.rooted(root):
+            return B.playbook_on(pg, db, workdir, prefix=["nice", "-n", "19"])
+
+    return {"noop": noop, "dump": dump, "nice": nice}[name]
+
+
 def whole_run_on(root: Path, *args: Any, **kwargs: Any) -> dict[str, Any]:
     """B.load_run of migrate.yml from another checkout (its roles, collection and ansible.cfg)."""
     with B.rooted(root):
@@ -74,10 +112,15 @@ def ratio(lat: dict[str, Any], base: dict[str, Any]) -> float | None:
 
 def side_by_side(rounds: list[dict[str, Any]], names: list[str]) -> str:
     """The Markdown table of checkouts measured in the same rounds: p99 and p99 / the round's baseline p99."""
-    lines = ["| medium, per stage | " + " | ".join(f"{n}: p99 ms | {n}: p99 / baseline" for n in names) + " |",
+    lines = ["| per stage | " + " | ".join(f"{n}: p99 ms | {n}: p99 / baseline" for n in names) + " |",
              "|---|" + "---|---|" * len(names)]
     base = [r["baseline"]["all"]["p99_ms"] for r in rounds]
     lines.append("| baseline (no migration) | " + " | ".join(f"{B.spread(base)} | 1" for _ in names) + " |")
+    quiet = [w / r["baseline"]["all"]["p99_ms"] for r in rounds for w in r["baseline"].get("quiet_windows_p99_ms", [])
+             if w is not None]
+    if quiet:
+        lines.append(f"| the baseline's own {B.QUIET_WINDOW_S} s windows | | {B.spread(quiet)} |"
+                     + " | |" * (len(names) - 1))
     for stage in ("preflight", "backup", "migrate", "verify", None):
         cells = []
         for name in names:
@@ -107,6 +150,11 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=1, help="rounds of a baseline and each checkout's run")
     parser.add_argument("--seconds", type=int, default=75, help="length of each load run (the run must fit)")
     parser.add_argument("--rate", type=int, default=40, help="pgbench -R (transactions per second)")
+    parser.add_argument("--controls", type=controls, default=[], metavar="|".join(CONTROLS),
+                        help="comma-separated: work that is not the migration, under the same load in every round")
+    parser.add_argument("--noop-runs", type=int, default=9,
+                        help="module runs of the noop control before a migrate.yml of the round counted them"
+                             " (9 at 239503a)")
     parser.add_argument("-e", dest="extra_vars", action="append", default=[], metavar="NAME=VALUE",
                         help="an extra variable for migrate.yml (repeatable)")
     args = parser.parse_args()
@@ -118,7 +166,7 @@ def main() -> int:
     with Cluster() as pg, tempfile.TemporaryDirectory(prefix="capital-footprint-") as tmp:
         B.prepare(pg, args.size, 1)
         tpl, workdir = f"tpl_{args.size}", Path(tmp)
-        if not roots:
+        if not roots and not args.controls:
             results["baseline"] = B.load_run(pg, tpl, workdir, "base", args.seconds, args.rate, migrate=False)
             results["whole_run"] = B.load_run(pg, tpl, workdir, "whole", args.seconds, args.rate, migrate=True,
                                               whole_run=True, extra_vars=args.extra_vars)
@@ -128,20 +176,28 @@ def main() -> int:
             results["warm_up_floor_s"] = B.measure_floor(pg, tpl)
             B.psql(pg, "postgres", "-c", "CHECKPOINT")  # recycles the segments the floor wrote
             results["rounds"] = []
+            tasks = args.noop_runs
             for n in range(args.rounds):
                 one: dict[str, Any] = {"baseline": B.load_run(pg, tpl, workdir, "base", args.seconds, args.rate,
                                                               migrate=False)}
-                order = list(roots) if n % 2 == 0 else list(reversed(roots))
+                items = list(roots) + args.controls
+                order = items if n % 2 == 0 else list(reversed(items))
                 for name in order:
                     print(f"[bench.footprint] round {n + 1}/{args.rounds}: {name}", flush=True)
-                    one[name] = whole_run_on(roots[name], pg, tpl, workdir, name, args.seconds, args.rate,
-                                             migrate=True, whole_run=True, extra_vars=args.extra_vars)
+                    if name in roots:
+                        one[name] = whole_run_on(roots[name], pg, tpl, workdir, name, args.seconds, args.rate,
+                                                 migrate=True, whole_run=True, extra_vars=args.extra_vars)
+                        tasks = one[name]["migration"].get("module_runs", tasks)
+                    else:  # round 1 runs the checkouts first: noop needs migrate.yml's module runs
+                        work = control(name, pg, workdir, next(iter(roots.values()), B.ROOT), tasks)
+                        one[name] = B.load_run(pg, tpl, workdir, name, args.seconds, args.rate, migrate=True,
+                                               work=work)
                 results["rounds"].append(one)
     out = B.ROOT / "bench" / "results" / f"footprint-{stamp}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2, default=str))
-    if roots:
-        print(side_by_side(results["rounds"], list(roots)))
+    if roots or args.controls:
+        print(side_by_side(results["rounds"], list(roots) + args.controls))
     else:
         print(table(args.size, results["baseline"], results["whole_run"]))
     print(f"raw: {out}")

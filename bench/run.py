@@ -318,15 +318,21 @@ def measure_playbook(pg: Cluster, tpl: str, workdir: Path, extra_env: dict[str, 
 
 
 def playbook_on(pg: Cluster, db: str, workdir: Path, extra_env: dict[str, str] | None = None,
-                extra_vars: Sequence[str] = ()) -> dict[str, Any]:
-    """migrate.yml end to end with ansible-playbook on database db; stage times from the capital_report JSON."""
+                extra_vars: Sequence[str] = (), playbook: str = "migrate.yml",
+                prefix: Sequence[str] = ()) -> dict[str, Any]:
+    """migrate.yml (or another playbook) end to end with ansible-playbook on database db, the command line
+    after `prefix` (bench.footprint's `nice -n 19`); stage times from the capital_report JSON, and how many
+    modules ran (bench/callback_plugins/bench_module_runs.py)."""
     report_dir = Path(tempfile.mkdtemp(prefix="report-", dir=workdir))
     env = tool_env(pg, db)
-    env["ANSIBLE_CALLBACKS_ENABLED"] = "prestamos.capital.capital_report"
+    env["ANSIBLE_CALLBACKS_ENABLED"] = "prestamos.capital.capital_report,bench_module_runs"
+    env["ANSIBLE_CALLBACK_PLUGINS"] = str(Path(__file__).parent / "callback_plugins")  # this checkout's, always
+    env["BENCH_MODULE_RUNS"] = str(runs := report_dir / "module-runs")
     env.update(extra_env or {})
     argv = [
+        *prefix,
         "ansible-playbook",
-        "migrate.yml",
+        playbook,
         "-i",
         "inventories/local",
         "-e",
@@ -341,6 +347,8 @@ def playbook_on(pg: Cluster, db: str, workdir: Path, extra_env: dict[str, str] |
     wall = time.monotonic() - began
     reports = sorted(report_dir.glob("*.json"))
     out: dict[str, Any] = {"wall": wall, "rc": done.returncode}
+    if runs.exists():
+        out["module_runs"] = int(runs.read_text())
     if reports:
         rep = json.loads(reports[-1].read_text())
         out["stages"] = {s["name"]: s["duration_s"] for s in rep.get("stages", [])}
@@ -467,13 +475,17 @@ def capital_check(pg: Cluster, db: str, workdir: Path) -> dict[str, Any]:
     return {"discrepancy_count": res.get("discrepancy_count"), "juntas_checked": res.get("juntas_checked")}
 
 
+QUIET_WINDOW_S = 5  # about the preflight stage's window, and the noop control's
+
+
 def load_run(
     pg: Cluster, tpl: str, workdir: Path, tag: str, seconds: int, rate: int, migrate: bool, holder_seconds: float = 0.0,
-    whole_run: bool = False, extra_vars: Sequence[str] = (),
+    whole_run: bool = False, extra_vars: Sequence[str] = (), work: Callable[[str], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The application's load for `seconds`; with migrate, the migration starts 3 s in (after an optional
     transaction holding a lock on "Junta" for holder_seconds): the migrate stage in-process, or with whole_run
-    all of migrate.yml through ansible-playbook (preflight, backup, migrate, verify)."""
+    all of migrate.yml through ansible-playbook (preflight, backup, migrate, verify), or `work(db)` instead
+    (bench.footprint's controls: a play that does not touch the database, a bare pg_dump)."""
     db = clone(pg, tpl, f"b_load_{tag}")
     psql(pg, db, "-f", str(BENCH / "pgbench" / "setup.sql"))
     npick, nrich = (
@@ -483,6 +495,7 @@ def load_run(
         .split("|")
     )
     prefix = workdir / f"pgbench-{tag}"
+    started = time.time()
     bench = subprocess.Popen(
         pgbench_cmd(prefix, seconds, rate, npick, nrich),
         env=tool_env(pg, db),
@@ -503,7 +516,9 @@ def load_run(
             holder.cursor().execute('SELECT count(*) FROM "Junta"')  # ACCESS SHARE until commit
             threading.Timer(holder_seconds, holder.commit).start()
         began = time.time()
-        if whole_run:
+        if work is not None:
+            out["migration"] = work(db)
+        elif whole_run:
             out["migration"] = playbook_on(pg, db, workdir, extra_vars=extra_vars)
         else:
             conn = migration_connect(pg, db)
@@ -535,8 +550,15 @@ def load_run(
         out["app_lock_wait_on_migration_s"] = sampler.app_wait_on_migration
         out["migration_lock_wait_s"] = sampler.migration_wait
     out["app_lock_wait_any_s"] = sampler.app_wait_any
+    if not migrate:
+        # The same load's own short windows, nothing else running: how far a window's p99 strays from the
+        # whole load's on this machine (the noise under every per-stage ratio).
+        out["quiet_windows_p99_ms"] = [
+            latencies(prefix, (t, t + QUIET_WINDOW_S))["p99_ms"]
+            for t in range(int(started) + 3, int(started) + seconds - QUIET_WINDOW_S, QUIET_WINDOW_S)
+        ]
     out["loans_rejected"] = int(psql(pg, db, "-c", "SELECT count(*) FROM bench_loan_outcome"))
-    if migrate:
+    if migrate and work is None:
         out["capital_check"] = capital_check(pg, db, workdir)
     for path in workdir.glob(prefix.name + ".*"):
         path.unlink()
