@@ -78,10 +78,10 @@ def controls(text: str) -> list[str]:
     return names
 
 
-def control(name: str, pg: Cluster, workdir: Path, root: Path, tasks: int) -> Any:
+def control(name: str, pg: Cluster, workdir: Path, root: Path, module_runs: int) -> Any:
     """The work of one control (see the module's text) as bench.run.load_run's `work`."""
     def noop(db: str) -> dict[str, Any]:
-        return B.playbook_on(pg, db, workdir, playbook="bench/noop.yml", extra_vars=[f"bench_noop_tasks={tasks}"])
+        return B.playbook_on(pg, db, workdir, playbook="bench/noop.yml", extra_vars=[f"bench_noop_tasks={module_runs}"])
 
     def dump(db: str) -> dict[str, Any]:
         target = workdir / "control.dump"
@@ -176,7 +176,7 @@ def main() -> int:
             results["warm_up_floor_s"] = B.measure_floor(pg, tpl)
             B.psql(pg, "postgres", "-c", "CHECKPOINT")  # recycles the segments the floor wrote
             results["rounds"] = []
-            tasks = args.noop_runs
+            module_runs = args.noop_runs
             for n in range(args.rounds):
                 one: dict[str, Any] = {"baseline": B.load_run(pg, tpl, workdir, "base", args.seconds, args.rate,
                                                               migrate=False)}
@@ -187,9 +187,9 @@ def main() -> int:
                     if name in roots:
                         one[name] = whole_run_on(roots[name], pg, tpl, workdir, name, args.seconds, args.rate,
                                                  migrate=True, whole_run=True, extra_vars=args.extra_vars)
-                        tasks = one[name]["migration"].get("module_runs", tasks)
+                        module_runs = one[name]["migration"].get("module_runs", module_runs)
                     else:  # round 1 runs the checkouts first: noop needs migrate.yml's module runs
-                        work = control(name, pg, workdir, next(iter(roots.values()), B.ROOT), tasks)
+                        work = control(name, pg, workdir, next(iter(roots.values()), B.ROOT), module_runs)
                         one[name] = B.load_run(pg, tpl, workdir, name, args.seconds, args.rate, migrate=True,
                                                work=work)
                 results["rounds"].append(one)
